@@ -1,0 +1,173 @@
+"""The config groups, one per concern. Recipes compose them (see ``lmforge.config.recipes``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from lmforge.config.base import Group
+
+
+class ModelConfig(Group):
+    preset: str | None = Field(
+        None, description="named architecture built with random weights (see lmforge.models.presets)"
+    )
+    path: str | None = Field(
+        None, description="local Hugging Face model folder or lmforge run directory to load"
+    )
+    tokenizer: str | None = Field(
+        None, description="tokenizer folder or tokenizer run directory (default: model.path)"
+    )
+    adapter: str | None = Field(
+        None, description="PEFT adapter folder or run directory applied on top (generate/evaluate)"
+    )
+    overrides: dict[str, int | float | str | bool] = Field(
+        default_factory=dict, description="preset fields to change, e.g. {hidden_size: 256}"
+    )
+    trust_remote_code: bool = Field(
+        False, description="allow a model folder to run its own Python code (off: safer)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.preset and self.path:
+            raise ValueError("set model.preset (random weights) or model.path (load), not both")
+        return self
+
+
+class DataConfig(Group):
+    train: list[str] = Field(default_factory=list, description="training files (jsonl, json, txt)")
+    validation: list[str] = Field(
+        default_factory=list, description="validation files; empty: carve val_ratio out of train"
+    )
+    val_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0, description="fraction of train held out when no validation files"
+    )
+    format: Literal["auto", "text", "alpaca", "messages"] = Field(
+        "auto", description="row format; auto detects from the keys of each row"
+    )
+    text_field: str = Field("text", description="key holding the text for format=text")
+    max_length: int = Field(
+        512, gt=1, description="tokens per example (sft) or per block (pt)"
+    )
+    max_examples: int | None = Field(
+        None, gt=0, description="use at most this many training examples (after reading)"
+    )
+
+
+class AdapterConfig(Group):
+    type: Literal["full", "lora"] = Field("full", description="what is trained")
+    rank: int = Field(8, gt=0, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt, or all-linear"
+    )
+
+
+class TrainConfig(Group):
+    epochs: float = Field(1.0, gt=0, description="passes over the training data")
+    max_steps: int | None = Field(
+        None, gt=0, description="stop after this many optimizer steps (overrides epochs)"
+    )
+    batch_size: int = Field(8, gt=0, description="examples (sft) or blocks (pt) per micro-batch")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    lr: float = Field(3e-4, gt=0, description="peak learning rate")
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="final lr as a fraction of peak (~lr/10 as in Chinchilla)"
+    )
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="decay after warmup"
+    )
+    warmup_steps: int | None = Field(None, ge=0, description="warmup steps (overrides ratio)")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="warmup as a fraction of steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    max_grad_norm: float | None = Field(1.0, description="clip gradients to this norm; null: off")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: fp32 on CPU (bf16 is ~100x slower without bf16 units), bf16 on GPU",
+    )
+    packing: bool = Field(
+        True, description="sft: concatenate a micro-batch into one row (no padding)"
+    )
+    eval_every: int | None = Field(None, gt=0, description="validate every N steps; null: at end")
+    eval_batches: int | None = Field(None, gt=0, description="cap on validation micro-batches")
+    save_every: int | None = Field(None, gt=0, description="checkpoint every N steps; null: end")
+    keep_last: int = Field(2, gt=0, description="checkpoints kept on disk")
+    resume: Literal["auto", "never"] | str = Field(
+        "auto", description="auto: continue from the latest checkpoint; never; or a path"
+    )
+    log_every: int = Field(10, gt=0, description="write metrics every N steps")
+    seed: int = Field(0, description="seed for weights, shuffling and dropout")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
+
+
+class TrackConfig(Group):
+    tensorboard: Literal["auto", "on", "off"] = Field(
+        "auto", description="TensorBoard event files in the run directory (auto: if installed)"
+    )
+    progress: bool = Field(True, description="show a progress bar with tokens/s")
+
+
+class GenerationConfig(Group):
+    max_new_tokens: int = Field(64, gt=0, description="tokens generated per prompt at most")
+    temperature: float = Field(0.0, ge=0, description="0: greedy decoding")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    top_k: int = Field(0, ge=0, description="sample among the k most likely tokens; 0: off")
+    stop: list[str] = Field(default_factory=list, description="strings that end generation")
+    chat: bool = Field(True, description="render prompts with the tokenizer's chat template")
+    system: str | None = Field(None, description="system message for chat prompts")
+    batch_size: int = Field(8, gt=0, description="prompts generated together")
+    seed: int = Field(0, description="sampling seed")
+
+
+class TokenizerConfig(Group):
+    type: Literal["byte_bpe", "unigram", "wordpiece"] = Field(
+        "byte_bpe", description="subword algorithm"
+    )
+    vocab_size: int = Field(8000, ge=64, description="target vocabulary size")
+    min_frequency: int = Field(2, ge=1, description="minimum pair/word count to enter the vocab")
+    special_tokens: list[str] = Field(
+        default_factory=lambda: ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        description="tokens never split; eos/pad must be among them",
+    )
+    eos_token: str = Field("<|im_end|>", description="end of a document and of an assistant turn")
+    pad_token: str = Field("<|pad|>", description="padding token")
+    unk_token: str = Field("<|unk|>", description="unknown token (unigram, wordpiece)")
+    chat_template: str = Field(
+        "chatml", description="chatml, or a Jinja template string (must end turns with eos)"
+    )
+    split_digits: bool = Field(True, description="one token per digit (helps arithmetic)")
+    lowercase: bool = Field(False, description="lowercase text before tokenising (wordpiece)")
+
+    @model_validator(mode="after")
+    def _specials_declared(self):
+        missing = [t for t in (self.eos_token, self.pad_token) if t not in self.special_tokens]
+        if missing:
+            raise ValueError(f"{missing} must also be listed in tokenizer.special_tokens")
+        return self
+
+
+class PerplexityConfig(Group):
+    files: list[str] = Field(default_factory=list, description="text files (txt or jsonl)")
+    window: int = Field(512, gt=1, description="tokens per forward pass")
+    stride: int | None = Field(
+        None, gt=0, description="new tokens scored per window; null: = window (disjoint)"
+    )
+    text_field: str = Field("text", description="key holding the text in jsonl files")
+
+    @field_validator("stride")
+    @classmethod
+    def _stride_le_window(cls, v, info):
+        window = info.data.get("window")
+        if v is not None and window is not None and v > window:
+            raise ValueError(f"stride ({v}) cannot exceed window ({window})")
+        return v
+
+
+class ExactMatchConfig(Group):
+    files: list[str] = Field(default_factory=list, description="instruction test files")
+    max_examples: int | None = Field(None, gt=0, description="score at most this many")
+    max_length: int = Field(512, gt=1, description="longest prompt accepted, in tokens")

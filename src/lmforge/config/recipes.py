@@ -1,0 +1,108 @@
+"""One top-level config per recipe, composed from the groups in ``lmforge.config.groups``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lmforge.config.base import Group
+from lmforge.config.groups import (
+    AdapterConfig,
+    DataConfig,
+    ExactMatchConfig,
+    GenerationConfig,
+    ModelConfig,
+    PerplexityConfig,
+    TokenizerConfig,
+    TrackConfig,
+    TrainConfig,
+)
+
+
+class RecipeConfig(Group):
+    output_dir: str = Field("runs/out", description="run directory written by this recipe")
+    force: bool = Field(
+        False, description="recompute even when a finished run with the same inputs exists"
+    )
+
+
+class TokenizerDataConfig(Group):
+    files: list[str] = Field(default_factory=list, description="training text (txt or jsonl)")
+    text_field: str = Field("text", description="key holding the text in jsonl rows")
+    max_docs: int | None = Field(None, gt=0, description="read at most this many documents")
+
+
+class TokenizerRecipe(RecipeConfig):
+    data: TokenizerDataConfig = Field(default_factory=TokenizerDataConfig, description="corpus")
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="algorithm")
+
+
+class TrainRecipe(RecipeConfig):
+    stage: Literal["pt", "sft"] = Field("sft", description="pt: pretrain on text; sft: instructions")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="what is trained")
+    data: DataConfig = Field(default_factory=DataConfig, description="training data")
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="full or LoRA")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
+    track: TrackConfig = Field(default_factory=TrackConfig, description="logging")
+
+    @model_validator(mode="after")
+    def _needs_model_and_data(self):
+        if not (self.model.preset or self.model.path):
+            raise ValueError("set model.preset or model.path")
+        if self.model.preset and not self.model.tokenizer:
+            raise ValueError("a preset model needs model.tokenizer (a tokenizer folder or run)")
+        if not self.data.train:
+            raise ValueError("data.train must list at least one file")
+        return self
+
+
+class GenerateRecipe(RecipeConfig):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="model to sample from")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="decoding")
+    prompts: str | None = Field(None, description="prompts file: txt (one per line) or jsonl")
+    output: str | None = Field(None, description="outputs jsonl (default: output_dir/outputs.jsonl)")
+
+
+class ChatRecipe(Group):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="model to talk to")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="decoding")
+
+
+class EvaluateRecipe(RecipeConfig):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="model to evaluate")
+    perplexity: PerplexityConfig = Field(default_factory=PerplexityConfig, description="text ppl")
+    exact_match: ExactMatchConfig = Field(
+        default_factory=ExactMatchConfig, description="instruction accuracy"
+    )
+    generation: GenerationConfig = Field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=16),
+        description="decoding for exact_match",
+    )
+
+
+class ExportMergeRecipe(RecipeConfig):
+    adapter: str | None = Field(None, description="LoRA run directory or adapter folder to merge")
+    base: str | None = Field(None, description="base model folder (default: from the adapter)")
+
+
+class DemoRecipe(RecipeConfig):
+    output_dir: str = Field("demo-run", description="where the demo writes all its runs")
+    n_docs: int = Field(3000, gt=10, description="pretraining documents generated")
+    n_per_task: int = Field(400, gt=10, description="instruction examples per task")
+    vocab_size: int = Field(2000, ge=300, description="tokenizer vocabulary")
+    pt_steps: int = Field(600, gt=0, description="pretraining optimizer steps")
+    sft_steps: int = Field(300, gt=0, description="LoRA fine-tuning optimizer steps")
+    preset: str = Field("tiny-llama", description="model preset")
+    seed: int = Field(0, description="seed for data, weights and sampling")
+
+
+RECIPE_CONFIGS: dict[str, type[Group]] = {
+    "tokenizer": TokenizerRecipe,
+    "train": TrainRecipe,
+    "generate": GenerateRecipe,
+    "chat": ChatRecipe,
+    "evaluate": EvaluateRecipe,
+    "export merge": ExportMergeRecipe,
+    "demo": DemoRecipe,
+}
