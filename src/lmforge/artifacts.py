@@ -185,8 +185,7 @@ class Run:
             for p in value if isinstance(value, list) else [value]:
                 if p:
                     run.add_input(p, role)
-        run.save()
-        return run
+        return run  # the manifest is written when the work starts (see ``recorded``)
 
     @property
     def cache_key(self) -> str:
@@ -255,7 +254,8 @@ class Run:
 
 @contextlib.contextmanager
 def recorded(run: Run) -> Iterator[Run]:
-    """Mark the run completed on success and failed (with the error) on any exception."""
+    """Write the manifest as running; mark it completed on success, failed on an exception."""
+    run.save()
     try:
         yield run
     except BaseException as exc:

@@ -1,0 +1,1 @@
+"""Data: the example schema, readers with a rejects file, synthetic demo data."""

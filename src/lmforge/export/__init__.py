@@ -1,0 +1,1 @@
+"""Export: merging adapters into plain Hugging Face models."""

@@ -1,0 +1,1 @@
+"""Models: presets with random weights, local Hugging Face folders, PEFT adapters."""

@@ -1,0 +1,149 @@
+"""Loading and saving models and tokenizers in the Hugging Face layout (safetensors only).
+
+A model source is a preset (random weights), a local model folder, or an lmforge run directory
+(whose ``model/`` subfolder is used). Nothing is fetched from a hub: paths must exist locally.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lmforge.config.groups import AdapterConfig, ModelConfig
+from lmforge.errors import ConfigError, UserError
+
+MODEL_SUBDIR = "model"
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+def resolve_dir(path: str | Path, role: str = "model") -> Path:
+    """A folder the Hugging Face loaders can read: ``path`` itself, or a run's artifact folder."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{role} not found: {p} (give a local folder or an lmforge run directory)")
+    if p.is_file():
+        raise UserError(f"{role} must be a folder, got the file {p}")
+    for sub in (MODEL_SUBDIR, TOKENIZER_SUBDIR) if role != "tokenizer" else (TOKENIZER_SUBDIR,
+                                                                                MODEL_SUBDIR):
+        if (p / "manifest.json").is_file() and (p / sub).is_dir():
+            return p / sub
+    return p
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    folder = resolve_dir(path, "tokenizer")
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise UserError(f"no tokenizer files in {folder} (expected tokenizer.json)")
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def is_adapter_dir(folder: Path) -> bool:
+    return (folder / "adapter_config.json").is_file()
+
+
+def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> torch.nn.Module:
+    """A causal LM from a preset (random init, seeded) or a local folder, in fp32."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.preset:
+        from lmforge.models.presets import preset_config
+
+        config = preset_config(
+            cfg.preset, len(tokenizer), cfg.overrides, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        )
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        return model
+    folder = resolve_dir(cfg.path, "model.path")
+    if is_adapter_dir(folder):
+        raise ConfigError(
+            f"model.path {folder} holds a LoRA adapter, not a full model: merge it first "
+            "(lmforge export merge) or set it as model.adapter on top of its base"
+        )
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} has no config.json: not a Hugging Face model folder")
+    if not list(folder.glob("*.safetensors")):
+        raise UserError(f"{folder} has no .safetensors weights (lmforge loads safetensors only)")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=torch.float32, use_safetensors=True, local_files_only=True,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    if cfg.overrides:
+        raise ConfigError("model.overrides applies to presets only; edit the folder's config")
+    return model
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Leaf names of Linear layers (what LoRA can target), excluding the output head."""
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def add_lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
+    """Wrap ``model`` with a PEFT LoRA adapter; unknown target names are a config error."""
+    from peft import LoraConfig, get_peft_model
+
+    available = linear_module_names(model)
+    if cfg.target_modules != "all-linear":
+        missing = [t for t in cfg.target_modules if t not in available]
+        if missing:
+            raise ConfigError(
+                f"adapter.target_modules {missing} not found in the model; "
+                f"linear modules here: {', '.join(available)} (or use all-linear)"
+            )
+    targets = available if cfg.target_modules == "all-linear" else list(cfg.target_modules)
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def load_for_inference(cfg: ModelConfig, device: str = "cpu"):
+    """(model in eval mode, tokenizer) from a full model folder, optionally with an adapter on top.
+
+    ``cfg.adapter`` may be given without ``cfg.path``: the base is read from the adapter's config.
+    """
+    adapter_dir = resolve_dir(cfg.adapter, "model.adapter") if cfg.adapter else None
+    if adapter_dir is None and cfg.path and is_adapter_dir(resolve_dir(cfg.path)):
+        adapter_dir = resolve_dir(cfg.path)
+        base_path = None
+    else:
+        base_path = cfg.path
+    if adapter_dir is not None and not is_adapter_dir(adapter_dir):
+        raise UserError(f"{adapter_dir} has no adapter_config.json: not a PEFT adapter")
+    if base_path is None:
+        if adapter_dir is None:
+            raise ConfigError("set model.path (a model folder or run) or model.adapter")
+        base_path = json.loads((adapter_dir / "adapter_config.json").read_text())[
+            "base_model_name_or_path"]
+    base_dir = resolve_dir(base_path, "base model")
+    tokenizer = load_tokenizer(cfg.tokenizer or adapter_dir or base_dir)
+    model = build_model(ModelConfig(path=str(base_dir),
+                                    trust_remote_code=cfg.trust_remote_code), tokenizer)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def save_pretrained(model, tokenizer, folder: str | Path) -> Path:
+    """Safetensors weights (or the adapter) + tokenizer files, written atomically to ``folder``."""
+    from lmforge.artifacts import atomic_dir
+
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    return folder

@@ -1,0 +1,1 @@
+"""The stages a user runs; one module per recipe, each with run(config)."""

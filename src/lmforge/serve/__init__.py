@@ -1,0 +1,1 @@
+"""Serving components: generation (the engine and HTTP API come later)."""

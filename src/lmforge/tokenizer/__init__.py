@@ -1,0 +1,1 @@
+"""Tokenizers: training with the tokenizers library, chat templates."""

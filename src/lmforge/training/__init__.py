@@ -1,0 +1,1 @@
+"""Training: example encoding, packing, objectives, optimiser, checkpoints, the loop."""
