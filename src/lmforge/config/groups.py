@@ -89,6 +89,7 @@ class TrainConfig(Group):
         "auto",
         description="auto: fp32 on CPU (bf16 is ~100x slower without bf16 units), bf16 on GPU",
     )
+    shuffle: bool = Field(True, description="reshuffle the training examples every epoch")
     packing: bool = Field(
         True, description="sft: concatenate a micro-batch into one row (no padding)"
     )
