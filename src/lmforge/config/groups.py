@@ -158,6 +158,7 @@ class PerplexityConfig(Group):
         None, gt=0, description="new tokens scored per window; null: = window (disjoint)"
     )
     text_field: str = Field("text", description="key holding the text in jsonl files")
+    batch_size: int = Field(8, gt=0, description="windows per forward pass (speed only)")
 
     @field_validator("stride")
     @classmethod

@@ -62,11 +62,13 @@ class GenerateRecipe(RecipeConfig):
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="decoding")
     prompts: str | None = Field(None, description="prompts file: txt (one per line) or jsonl")
     output: str | None = Field(None, description="outputs jsonl (default: output_dir/outputs.jsonl)")
+    device: str = Field("auto", description="auto: cuda when available, else cpu; or cpu, cuda:1")
 
 
 class ChatRecipe(Group):
     model: ModelConfig = Field(default_factory=ModelConfig, description="model to talk to")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="decoding")
+    device: str = Field("auto", description="auto: cuda when available, else cpu; or cpu, cuda:1")
 
 
 class EvaluateRecipe(RecipeConfig):
@@ -79,6 +81,7 @@ class EvaluateRecipe(RecipeConfig):
         default_factory=lambda: GenerationConfig(max_new_tokens=16),
         description="decoding for exact_match",
     )
+    device: str = Field("auto", description="auto: cuda when available, else cpu; or cpu, cuda:1")
 
 
 class ExportMergeRecipe(RecipeConfig):

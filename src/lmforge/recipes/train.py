@@ -1,0 +1,100 @@
+"""``lmforge train CONFIG``: pretrain (``stage: pt``) or fine-tune (``stage: sft``), full or LoRA.
+
+    lmforge train configs/sft_lora.yaml model.path=runs/pt train.max_steps=200
+    # CPU is the default; on a GPU the same command uses it (train.device=auto)
+
+Run directory: ``model/`` (full weights, or the LoRA adapter + ``base/`` when the base was a
+preset), ``checkpoints/step-N/``, ``metrics.jsonl``, ``tensorboard/``, ``rejects.jsonl``,
+``manifest.json``. ``train.resume=auto`` (default) continues from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lmforge.artifacts import Run, recorded
+from lmforge.config import to_dict
+from lmforge.config.recipes import TrainRecipe
+from lmforge.data.readers import Rejects
+from lmforge.errors import ConfigError
+from lmforge.models.load import (
+    MODEL_SUBDIR,
+    add_lora,
+    build_model,
+    load_tokenizer,
+    resolve_dir,
+    save_pretrained,
+)
+from lmforge.tokenizer.templates import check_eos_template
+from lmforge.training.data import load_stage_data
+from lmforge.training.loop import LoopOptions, train_loop
+
+
+def _inputs(cfg: TrainRecipe) -> dict:
+    inputs: dict = {"train_data": cfg.data.train, "validation_data": cfg.data.validation}
+    if cfg.model.path:
+        inputs["base_model"] = str(resolve_dir(cfg.model.path))
+    if cfg.model.tokenizer:
+        inputs["tokenizer"] = str(resolve_dir(cfg.model.tokenizer, "tokenizer"))
+    return inputs
+
+
+def run(cfg: TrainRecipe, on_step=None) -> Run:
+    run = Run.start(cfg.stage, to_dict(cfg), cfg.output_dir, inputs=_inputs(cfg))
+    if not cfg.force and run.finished_before():
+        print(f"lmforge: reusing finished {cfg.stage} run {run.dir}")
+        return run
+    with recorded(run):
+        tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+        if cfg.stage == "sft":
+            check_eos_template(tokenizer)
+        rejects = Rejects()
+        train, val = load_stage_data(cfg.stage, cfg.data, tokenizer, rejects, cfg.train.seed)
+        rejects_path = rejects.write(run.dir / "rejects.jsonl")
+        run.counts.update(train=train.counts, validation=val.counts,
+                          train_units=len(train.units), validation_units=len(val.units),
+                          rejects_file=str(rejects_path))
+        run.save()
+
+        model = build_model(cfg.model, tokenizer, seed=cfg.train.seed)
+        vocab = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > vocab:
+            raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's "
+                              f"embedding has {vocab} rows: use the model's own tokenizer")
+        base_dir = None
+        if cfg.adapter.type == "lora":
+            # a preset base exists nowhere else: save it (before LoRA wraps it) for later loading
+            base_dir = (resolve_dir(cfg.model.path) if cfg.model.path
+                        else save_pretrained(model, tokenizer, run.dir / "base"))
+            model = add_lora(model, cfg.adapter)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        print(f"lmforge: {cfg.stage} {cfg.adapter.type}: {trainable:,} of {total:,} parameters "
+              f"trainable ({100 * trainable / total:.2f}%), {len(train.units)} training units")
+        run.metrics.update(params_total=total, params_trainable=trainable)
+
+        # pt blocks are all max_length long: one row each. sft examples are packed into rows of
+        # at most max_length tokens (no padding inside a row, attention kept per example).
+        capacity = cfg.data.max_length if (cfg.stage == "sft" and cfg.train.packing) else None
+        opts = LoopOptions(run_dir=run.dir, pad_id=tokenizer.pad_token_id, pack_capacity=capacity,
+                           progress=cfg.track.progress, tensorboard=cfg.track.tensorboard,
+                           on_step=on_step)
+        run.metrics.update(train_loop(model, train.units, val.units, cfg.train, opts))
+
+        out = save_model(model, tokenizer, run.dir / MODEL_SUBDIR, base_dir)
+        run.add_output(out, "model")
+        run.add_output(run.dir / "metrics.jsonl", "metrics")
+    print(f"lmforge: {cfg.stage} run finished: {out}")
+    return run
+
+
+def save_model(model, tokenizer, out: Path, base_dir: Path | None) -> Path:
+    """Full weights, or (``base_dir`` given) the adapter with its config pointing at the base."""
+    save_pretrained(model, tokenizer, out)
+    if base_dir is not None:
+        config_path = out / "adapter_config.json"
+        adapter_cfg = json.loads(config_path.read_text())
+        adapter_cfg["base_model_name_or_path"] = str(Path(base_dir).resolve())
+        config_path.write_text(json.dumps(adapter_cfg, indent=2))
+    return out

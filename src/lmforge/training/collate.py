@@ -1,0 +1,92 @@
+"""The packed batch format every stage uses.
+
+A *piece* is one sequence's tokens and its next-token targets (already shifted, ``-100`` where
+nothing is learned). A *unit* is what the sampler shuffles: one SFT example (one piece) or one
+pretraining block (pieces of consecutive documents). A micro-batch becomes tensors:
+
+- ``input_ids``    ``(rows, L)`` long
+- ``position_ids`` ``(rows, L)`` long, restarting at 0 at every piece
+- ``targets``      ``(rows, L)`` long, ``-100`` on padding and on unlearned tokens
+
+Attention never crosses a piece: the model is called with ``position_ids``, no attention mask
+and ``use_cache=False``, and transformers (5.x ``masking_utils.find_packed_sequence_indices``)
+turns restarting positions into a block-diagonal causal mask (varlen kernels on flash
+attention). Padding, when a row is shorter than the longest, gets its own restarting positions,
+so real tokens never attend to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class Piece:
+    ids: list[int]
+    targets: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_labels(cls, ids: list[int], labels: list[int]) -> Piece:
+        """Shift Hugging Face style labels (``labels[i] == ids[i]`` where learned) into targets."""
+        return cls(list(ids), list(labels[1:]) + [IGNORE])
+
+
+Unit = list[Piece]
+
+
+def unit_tokens(unit: Unit) -> int:
+    return sum(len(p) for p in unit)
+
+
+def unit_targets(unit: Unit) -> int:
+    return sum(sum(1 for t in p.targets if t != IGNORE) for p in unit)
+
+
+def collate(rows: list[list[Piece]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Tensors for rows of pieces; each row is the concatenation of its pieces."""
+    length = max(sum(len(p) for p in row) for row in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), length), dtype=torch.long)
+    tgt = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for piece in row:
+            end = start + len(piece)
+            ids[r, start:end] = torch.tensor(piece.ids)
+            pos[r, start:end] = torch.arange(len(piece))
+            tgt[r, start:end] = torch.tensor(piece.targets)
+            start = end
+        pos[r, start:] = torch.arange(length - start)  # padding: a sequence of its own
+    return {"input_ids": ids, "position_ids": pos, "targets": tgt}
+
+
+def pack_rows(units: list[Unit], capacity: int) -> list[list[Piece]]:
+    """First-fit-decreasing: units into rows of at most ``capacity`` tokens (a longer unit gets
+    a row of its own). Rows stay short enough that attention cost (O(row^2) on CPU) is bounded
+    by the max length, while leaving little padding."""
+    rows: list[list[Piece]] = []
+    room: list[int] = []
+    for unit in sorted(units, key=unit_tokens, reverse=True):
+        size = unit_tokens(unit)
+        for r, free in enumerate(room):
+            if size <= free:
+                rows[r].extend(unit)
+                room[r] -= size
+                break
+        else:
+            rows.append(list(unit))
+            room.append(capacity - size)
+    return rows
+
+
+def micro_batch(units: list[Unit], pad_id: int, capacity: int | None) -> dict[str, torch.Tensor]:
+    """Packed rows of at most ``capacity`` tokens, or one padded row per unit when ``None``."""
+    rows = pack_rows(units, capacity) if capacity else [list(u) for u in units]
+    return collate(rows, pad_id)

@@ -1,0 +1,76 @@
+"""Supervised fine-tuning examples: chat-template rendering with loss on assistant tokens only.
+
+Each assistant turn is split into a *prompt piece* (everything the template renders before the
+answer, including the generation prompt) and an *answer piece* (the answer and what the
+template appends). Pieces are tokenised separately and concatenated, exactly as a prompt is
+tokenised at inference time followed by generated tokens. Labels cover the answer up to and
+including the first EOS token (so the model learns to stop); anything the template adds after
+EOS (ChatML's newline) is in the input but not learned.
+"""
+
+from __future__ import annotations
+
+from lmforge.data.schema import RowError
+from lmforge.errors import ConfigError
+from lmforge.tokenizer.templates import render
+
+IGNORE = -100
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_messages_full(tokenizer, messages: list[dict], max_length: int
+                         ) -> tuple[list[int], list[int], bool]:
+    """``(input_ids, labels, truncated)`` for one conversation.
+
+    ``labels[i]`` is ``input_ids[i]`` where the token belongs to an assistant answer (through its
+    EOS) and ``-100`` elsewhere (unshifted, Hugging Face convention). Raises :class:`RowError`
+    when the first prompt alone does not fit in ``max_length`` tokens; otherwise a long
+    conversation is cut to ``max_length`` and ``truncated`` is True.
+    """
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    first_prompt_len = None
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt_text = render(tokenizer, messages[:i], add_generation_prompt=True)
+        full_text = render(tokenizer, messages[: i + 1])
+        if not prompt_text.startswith(rendered) or not full_text.startswith(prompt_text):
+            raise ConfigError(
+                "the chat template is not incremental: rendering a conversation prefix must give "
+                "a prefix of the full rendering (needed to find the assistant tokens)"
+            )
+        prompt_ids = _encode(tokenizer, prompt_text[len(rendered):])
+        answer_ids = _encode(tokenizer, full_text[len(prompt_text):])
+        if eos in answer_ids:
+            cut = answer_ids.index(eos) + 1
+            answer_labels = answer_ids[:cut] + [IGNORE] * (len(answer_ids) - cut)
+        else:
+            answer_labels = list(answer_ids)
+        ids += prompt_ids
+        labels += [IGNORE] * len(prompt_ids)
+        if first_prompt_len is None:
+            first_prompt_len = len(ids)
+        ids += answer_ids
+        labels += answer_labels
+        rendered = full_text
+    if first_prompt_len is None:
+        raise RowError("no assistant message to learn from")
+    if first_prompt_len >= max_length:
+        raise RowError(
+            f"prompt longer than max_length ({first_prompt_len} >= {max_length} tokens); "
+            "raise data.max_length or shorten the prompt"
+        )
+    truncated = len(ids) > max_length
+    return ids[:max_length], labels[:max_length], truncated
+
+
+def encode_messages(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)``; see :func:`encode_messages_full`."""
+    ids, labels, _ = encode_messages_full(tokenizer, messages, max_length)
+    return ids, labels
