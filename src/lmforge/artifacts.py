@@ -41,11 +41,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full, interrupt) leaves no temp file
+        raise
     _fsync_dir(path.parent)
     return path
 
@@ -55,7 +59,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    return atomic_write_text(
+        path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
+    )
 
 
 @contextlib.contextmanager
@@ -114,7 +120,10 @@ def fingerprint(path: str | Path) -> str:
 
 
 def fingerprint_obj(obj: Any) -> str:
-    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return (
+        "sha256:"
+        + hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    )
 
 
 # --------------------------------------------------------------------------- environment
@@ -139,7 +148,10 @@ def git_revision() -> str | None:
             return None
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here, capture_output=True, text=True, timeout=5,
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -177,8 +189,13 @@ class Run:
     ended: float | None = None
 
     @classmethod
-    def start(cls, stage: str, config: dict, output_dir: str | Path,
-              inputs: dict[str, str | Path | list] | None = None) -> Run:
+    def start(
+        cls,
+        stage: str,
+        config: dict,
+        output_dir: str | Path,
+        inputs: dict[str, str | Path | list] | None = None,
+    ) -> Run:
         run = cls(stage=stage, dir=Path(output_dir), config=config)
         run.dir.mkdir(parents=True, exist_ok=True)
         for role, value in (inputs or {}).items():
@@ -191,8 +208,11 @@ class Run:
     def cache_key(self) -> str:
         """What determines this run's result: stage, config and input contents."""
         return fingerprint_obj(
-            {"stage": self.stage, "config": self.config,
-             "inputs": [(i["role"], i["fingerprint"]) for i in self.inputs]}
+            {
+                "stage": self.stage,
+                "config": self.config,
+                "inputs": [(i["role"], i["fingerprint"]) for i in self.inputs],
+            }
         )
 
     def add_input(self, path: str | Path, role: str) -> None:
@@ -201,8 +221,12 @@ class Run:
             raise UserError(f"{role} not found: {p}")
         manifest = find_manifest(p)
         own = manifest is not None and manifest.parent.resolve() == self.dir.resolve()
-        entry = {"role": role, "path": str(p.resolve()), "fingerprint": fingerprint(p),
-                 "manifest": None if (manifest is None or own) else str(manifest)}
+        entry = {
+            "role": role,
+            "path": str(p.resolve()),
+            "fingerprint": fingerprint(p),
+            "manifest": None if (manifest is None or own) else str(manifest),
+        }
         if entry not in self.inputs:
             self.inputs.append(entry)
 
@@ -230,7 +254,8 @@ class Run:
             "status": self.status,
             "run_dir": str(self.dir.resolve()),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
-            "ended": None if self.ended is None
+            "ended": None
+            if self.ended is None
             else time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.ended)),
             "seconds": None if self.ended is None else round(self.ended - self.started, 2),
             "cache_key": self.cache_key,
@@ -282,10 +307,18 @@ def lineage(path: str | Path) -> list[dict]:
     def visit(manifest_path: Path, depth: int, role: str | None) -> None:
         key = str(manifest_path.resolve())
         m = read_manifest(manifest_path)
-        node = {"depth": depth, "kind": "run", "role": role, "stage": m.get("stage"),
-                "run_dir": str(manifest_path.parent), "status": m.get("status"),
-                "seen": key in seen, "outputs": m.get("outputs", []),
-                "counts": m.get("counts", {}), "ended": m.get("ended")}
+        node = {
+            "depth": depth,
+            "kind": "run",
+            "role": role,
+            "stage": m.get("stage"),
+            "run_dir": str(manifest_path.parent),
+            "status": m.get("status"),
+            "seen": key in seen,
+            "outputs": m.get("outputs", []),
+            "counts": m.get("counts", {}),
+            "ended": m.get("ended"),
+        }
         nodes.append(node)
         if key in seen:
             return
@@ -294,8 +327,15 @@ def lineage(path: str | Path) -> list[dict]:
             if inp.get("manifest") and Path(inp["manifest"]).is_file():
                 visit(Path(inp["manifest"]), depth + 1, inp["role"])
             else:
-                nodes.append({"depth": depth + 1, "kind": "file", "role": inp["role"],
-                              "path": inp["path"], "fingerprint": inp["fingerprint"]})
+                nodes.append(
+                    {
+                        "depth": depth + 1,
+                        "kind": "file",
+                        "role": inp["role"],
+                        "path": inp["path"],
+                        "fingerprint": inp["fingerprint"],
+                    }
+                )
 
     visit(start, 0, None)
     return nodes

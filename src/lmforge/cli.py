@@ -37,8 +37,13 @@ def _recipe_help(name: str) -> str:
 
     rows = describe(RECIPE_CONFIGS[name])
     width = max(len(r[0]) for r in rows)
-    lines = [f"usage: lmforge {name} [CONFIG.yaml] [key.sub=value ...]", "",
-             RECIPES[name][1], "", "config keys (type, default: help):"]
+    lines = [
+        f"usage: lmforge {name} [CONFIG.yaml] [key.sub=value ...]",
+        "",
+        RECIPES[name][1],
+        "",
+        "config keys (type, default: help):",
+    ]
     for key, typ, default, help_text in rows:
         if typ == "group":
             lines.append(f"  {key + ':':<{width + 1}} {help_text}")

@@ -31,9 +31,7 @@ class MissingDependency(UserError):
     """An optional dependency is not installed; the message names the pip extra."""
 
     def __init__(self, package: str, extra: str, purpose: str):
-        super().__init__(
-            f"{purpose} needs the '{package}' package: pip install 'lmforge[{extra}]'"
-        )
+        super().__init__(f"{purpose} needs the '{package}' package: pip install 'lmforge[{extra}]'")
 
 
 class RunFailed(LmforgeError):

@@ -7,6 +7,7 @@ the single source for ``lmforge <recipe> --help`` and for the error messages bel
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -25,6 +26,21 @@ class Group(BaseModel):
 
 
 G = TypeVar("G", bound=Group)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``3e-4`` as a float (PyYAML's YAML 1.1 rules need ``3.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only, no objects
 
 
 def _nested_group(annotation: Any) -> type[Group] | None:
@@ -60,8 +76,7 @@ def _check_unknown_keys(cls: type[Group], data: dict, source: str, prefix: str =
             ]
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(
-                f"{source}: unknown key '{prefix}{key}'{hint} "
-                f"(valid keys here: {', '.join(here)})"
+                f"{source}: unknown key '{prefix}{key}'{hint} (valid keys here: {', '.join(here)})"
             )
         sub = _nested_group(cls.model_fields[key].annotation)
         if sub is not None and isinstance(value, dict):
@@ -108,7 +123,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override '{item}' must look like key.sub=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = result
@@ -136,7 +151,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
@@ -147,7 +162,7 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def build_config(cls: type[G], data: dict, source: str = "<config>") -> G:
-    """Validate a plain dict into ``cls``, raising ConfigError with the key path and what is allowed."""
+    """Validate ``data`` into ``cls``; ConfigError names the key path and what is allowed."""
     _check_unknown_keys(cls, data, source)
     try:
         return cls.model_validate(data)
@@ -158,7 +173,8 @@ def build_config(cls: type[G], data: dict, source: str = "<config>") -> G:
             key = ".".join(str(p) for p in loc)
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
-            lines.append(f"{source}: {key}: {err['msg']}{shown}{_describe_allowed(cls, loc)}")
+            where = f"{source}: {key}:" if key else f"{source}:"  # a whole-config check has no key
+            lines.append(f"{where} {err['msg']}{shown}{_describe_allowed(cls, loc)}")
         raise ConfigError("\n".join(lines)) from None
 
 
@@ -182,7 +198,9 @@ def describe(cls: type[Group], prefix: str = "") -> list[tuple[str, str, str, st
             rows.extend(describe(sub, prefix + name + "."))
             continue
         default = field.get_default(call_default_factory=True)
-        rows.append((prefix + name, _type_name(field.annotation), repr(default), field.description or ""))
+        rows.append(
+            (prefix + name, _type_name(field.annotation), repr(default), field.description or "")
+        )
     return rows
 
 

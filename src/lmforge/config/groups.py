@@ -11,7 +11,8 @@ from lmforge.config.base import Group
 
 class ModelConfig(Group):
     preset: str | None = Field(
-        None, description="named architecture built with random weights (see lmforge.models.presets)"
+        None,
+        description="named architecture built with random weights (see lmforge.models.presets)",
     )
     path: str | None = Field(
         None, description="local Hugging Face model folder or lmforge run directory to load"
@@ -48,9 +49,7 @@ class DataConfig(Group):
         "auto", description="row format; auto detects from the keys of each row"
     )
     text_field: str = Field("text", description="key holding the text for format=text")
-    max_length: int = Field(
-        512, gt=1, description="tokens per example (sft) or per block (pt)"
-    )
+    max_length: int = Field(512, gt=1, description="tokens per example (sft) or per block (pt)")
     max_examples: int | None = Field(
         None, gt=0, description="use at most this many training examples (after reading)"
     )
@@ -110,6 +109,12 @@ class TrackConfig(Group):
         "auto", description="TensorBoard event files in the run directory (auto: if installed)"
     )
     progress: bool = Field(True, description="show a progress bar with tokens/s")
+
+    @field_validator("tensorboard", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):
+        # YAML 1.1 (PyYAML) reads a bare on/off as a boolean, in files and in overrides alike
+        return ("on" if v else "off") if isinstance(v, bool) else v
 
 
 class GenerationConfig(Group):

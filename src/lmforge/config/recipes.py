@@ -39,7 +39,9 @@ class TokenizerRecipe(RecipeConfig):
 
 
 class TrainRecipe(RecipeConfig):
-    stage: Literal["pt", "sft"] = Field("sft", description="pt: pretrain on text; sft: instructions")
+    stage: Literal["pt", "sft"] = Field(
+        "sft", description="pt: pretrain on text; sft: instructions"
+    )
     model: ModelConfig = Field(default_factory=ModelConfig, description="what is trained")
     data: DataConfig = Field(default_factory=DataConfig, description="training data")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="full or LoRA")
@@ -61,7 +63,9 @@ class GenerateRecipe(RecipeConfig):
     model: ModelConfig = Field(default_factory=ModelConfig, description="model to sample from")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="decoding")
     prompts: str | None = Field(None, description="prompts file: txt (one per line) or jsonl")
-    output: str | None = Field(None, description="outputs jsonl (default: output_dir/outputs.jsonl)")
+    output: str | None = Field(
+        None, description="outputs jsonl (default: output_dir/outputs.jsonl)"
+    )
     device: str = Field("auto", description="auto: cuda when available, else cpu; or cpu, cuda:1")
 
 

@@ -83,9 +83,7 @@ def iter_records(files: Iterable[str | Path], rejects: Rejects) -> Iterator[Reco
         elif suffix in TEXT_SUFFIXES or suffix == "":
             yield from _iter_text(path, rejects)
         else:
-            raise DataError(
-                f"{path}: unsupported file type '{suffix}' (use .jsonl, .json or .txt)"
-            )
+            raise DataError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .json or .txt)")
 
 
 def _iter_jsonl(path: Path, rejects: Rejects) -> Iterator[Record]:

@@ -14,8 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "system": "system"}
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 
 
 class RowError(ValueError):

@@ -23,9 +23,15 @@ def exact_match(predictions: list[str], references: list[str]) -> dict:
     """``{"accuracy", "correct", "total", "per_item": [bool, ...]}`` (accuracy 0.0 when empty)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    per_item = [normalize_answer(p) == normalize_answer(r)
-                for p, r in zip(predictions, references, strict=True)]
+    per_item = [
+        normalize_answer(p) == normalize_answer(r)
+        for p, r in zip(predictions, references, strict=True)
+    ]
     correct = sum(per_item)
     total = len(per_item)
-    return {"accuracy": correct / total if total else 0.0, "correct": correct, "total": total,
-            "per_item": per_item}
+    return {
+        "accuracy": correct / total if total else 0.0,
+        "correct": correct,
+        "total": total,
+        "per_item": per_item,
+    }

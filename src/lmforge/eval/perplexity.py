@@ -46,14 +46,24 @@ class PerplexityResult:
         return self.nll / (self.bytes * math.log(2)) if self.bytes else float("nan")
 
     def merge(self, other: PerplexityResult) -> PerplexityResult:
-        return PerplexityResult(self.nll + other.nll, self.tokens + other.tokens,
-                                self.words + other.words, self.bytes + other.bytes,
-                                self.per_text + other.per_text)
+        return PerplexityResult(
+            self.nll + other.nll,
+            self.tokens + other.tokens,
+            self.words + other.words,
+            self.bytes + other.bytes,
+            self.per_text + other.per_text,
+        )
 
     def summary(self) -> dict:
-        return {"nll": self.nll, "tokens": self.tokens, "words": self.words, "bytes": self.bytes,
-                "token_perplexity": self.token_perplexity,
-                "word_perplexity": self.word_perplexity, "bits_per_byte": self.bits_per_byte}
+        return {
+            "nll": self.nll,
+            "tokens": self.tokens,
+            "words": self.words,
+            "bytes": self.bytes,
+            "token_perplexity": self.token_perplexity,
+            "word_perplexity": self.word_perplexity,
+            "bits_per_byte": self.bits_per_byte,
+        }
 
 
 def count_words(text: str) -> int:
@@ -63,7 +73,9 @@ def count_words(text: str) -> int:
 
 def prefix_token_id(tokenizer) -> int:
     """The token every text is conditioned on: BOS if the tokenizer has one, else EOS."""
-    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    prefix = (
+        tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    )
     if prefix is None:
         raise ValueError("the tokenizer has neither a BOS nor an EOS token to start texts with")
     return prefix
@@ -90,8 +102,9 @@ def _score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -
     for row, (inp, _) in enumerate(batch):
         input_ids[row, : len(inp)] = torch.tensor(inp)
         mask[row, : len(inp)] = 1
-    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                   use_cache=False).logits
+    logits = model(
+        input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False
+    ).logits
     nlls = []
     for row, (inp, targets) in enumerate(batch):
         logp = logits[row, len(inp) - len(targets) : len(inp)].float().log_softmax(-1)
@@ -101,8 +114,9 @@ def _score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -
 
 
 @torch.no_grad()
-def perplexity(model, tokenizer, texts: list[str], window: int, stride: int | None = None,
-               batch_size: int = 8) -> PerplexityResult:
+def perplexity(
+    model, tokenizer, texts: list[str], window: int, stride: int | None = None, batch_size: int = 8
+) -> PerplexityResult:
     """Score ``texts`` with ``model``, reading at most ``window`` tokens per forward pass.
 
     ``stride`` (default ``window``) is the number of new tokens scored per forward pass.
@@ -129,5 +143,10 @@ def perplexity(model, tokenizer, texts: list[str], window: int, stride: int | No
             scores = _score_batch(model, [(inp, targets) for _, inp, targets in batch], pad_id)
             for (index, _, _), score in zip(batch, scores, strict=True):
                 nll[index] += score
-    return PerplexityResult(nll=math.fsum(nll), tokens=sum(tokens), words=words, bytes=nbytes,
-                            per_text=list(zip(nll, tokens, strict=True)))
+    return PerplexityResult(
+        nll=math.fsum(nll),
+        tokens=sum(tokens),
+        words=words,
+        bytes=nbytes,
+        per_text=list(zip(nll, tokens, strict=True)),
+    )

@@ -13,7 +13,8 @@ from lmforge.models.load import build_model, is_adapter_dir, load_tokenizer, res
 def adapter_base(adapter_dir: Path) -> Path:
     """The base model folder recorded in the adapter's ``adapter_config.json``."""
     recorded = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8")).get(
-        "base_model_name_or_path")
+        "base_model_name_or_path"
+    )
     if not recorded:
         raise UserError(f"{adapter_dir} does not record its base model: set the base folder")
     return resolve_dir(recorded, "base model (from adapter_config.json)")

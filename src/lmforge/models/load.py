@@ -25,8 +25,11 @@ def resolve_dir(path: str | Path, role: str = "model") -> Path:
         raise UserError(f"{role} not found: {p} (give a local folder or an lmforge run directory)")
     if p.is_file():
         raise UserError(f"{role} must be a folder, got the file {p}")
-    for sub in (MODEL_SUBDIR, TOKENIZER_SUBDIR) if role != "tokenizer" else (TOKENIZER_SUBDIR,
-                                                                                MODEL_SUBDIR):
+    for sub in (
+        (MODEL_SUBDIR, TOKENIZER_SUBDIR)
+        if role != "tokenizer"
+        else (TOKENIZER_SUBDIR, MODEL_SUBDIR)
+    ):
         if (p / "manifest.json").is_file() and (p / sub).is_dir():
             return p / sub
     return p
@@ -56,8 +59,12 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> torch.nn.Module:
         from lmforge.models.presets import preset_config
 
         config = preset_config(
-            cfg.preset, len(tokenizer), cfg.overrides, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            cfg.preset,
+            len(tokenizer),
+            cfg.overrides,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
         )
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -73,7 +80,10 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> torch.nn.Module:
     if not list(folder.glob("*.safetensors")):
         raise UserError(f"{folder} has no .safetensors weights (lmforge loads safetensors only)")
     model = AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=torch.float32, use_safetensors=True, local_files_only=True,
+        str(folder),
+        dtype=torch.float32,
+        use_safetensors=True,
+        local_files_only=True,
         trust_remote_code=cfg.trust_remote_code,
     )
     if cfg.overrides:
@@ -103,8 +113,13 @@ def add_lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
                 f"linear modules here: {', '.join(available)} (or use all-linear)"
             )
     targets = available if cfg.target_modules == "all-linear" else list(cfg.target_modules)
-    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -125,11 +140,13 @@ def load_for_inference(cfg: ModelConfig, device: str = "cpu"):
         if adapter_dir is None:
             raise ConfigError("set model.path (a model folder or run) or model.adapter")
         base_path = json.loads((adapter_dir / "adapter_config.json").read_text())[
-            "base_model_name_or_path"]
+            "base_model_name_or_path"
+        ]
     base_dir = resolve_dir(base_path, "base model")
     tokenizer = load_tokenizer(cfg.tokenizer or adapter_dir or base_dir)
-    model = build_model(ModelConfig(path=str(base_dir),
-                                    trust_remote_code=cfg.trust_remote_code), tokenizer)
+    model = build_model(
+        ModelConfig(path=str(base_dir), trust_remote_code=cfg.trust_remote_code), tokenizer
+    )
     if adapter_dir is not None:
         from peft import PeftModel
 

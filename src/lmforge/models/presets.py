@@ -12,24 +12,38 @@ from lmforge.errors import ConfigError
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny-llama": {
-        "family": "llama", "hidden_size": 128, "intermediate_size": 352,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 2048, "tie_word_embeddings": True,
+        "family": "llama",
+        "hidden_size": 128,
+        "intermediate_size": 352,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
     },
     "small-llama": {
-        "family": "llama", "hidden_size": 384, "intermediate_size": 1024,
-        "num_hidden_layers": 6, "num_attention_heads": 6, "num_key_value_heads": 6,
-        "max_position_embeddings": 2048, "tie_word_embeddings": True,
+        "family": "llama",
+        "hidden_size": 384,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 6,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
     },
     "tiny-bert": {
-        "family": "bert", "hidden_size": 128, "intermediate_size": 512,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 512,
+        "family": "bert",
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 512,
     },
 }
 
 
 def preset_config(name: str, vocab_size: int, overrides: dict | None = None, **token_ids):
-    """A transformers ``PretrainedConfig`` for preset ``name`` with the tokenizer's vocab and ids."""
+    """A transformers config for preset ``name`` with the tokenizer's vocab size and ids."""
     if name not in PRESETS:
         import difflib
 

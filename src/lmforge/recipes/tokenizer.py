@@ -49,9 +49,13 @@ def run(cfg: TokenizerRecipe) -> Run:
         folder = save_pretrained_tokenizer(tokenizer, run.dir / TOKENIZER_SUBDIR)
         rejects_path = rejects.write(run.dir / "rejects.jsonl")
         # read = used + rejected: reader-level rejects (bad JSON, bad UTF-8) are rows too
-        run.counts.update(read=counts["used"] + len(rejects), used=counts["used"],
-                          rejected=len(rejects), rejected_by_reason=rejects.by_reason(),
-                          rejects_file=str(rejects_path))
+        run.counts.update(
+            read=counts["used"] + len(rejects),
+            used=counts["used"],
+            rejected=len(rejects),
+            rejected_by_reason=rejects.by_reason(),
+            rejects_file=str(rejects_path),
+        )
         run.metrics["vocab_size"] = len(tokenizer)
         run.add_output(folder, "tokenizer")
     print(f"lmforge: tokenizer ({len(tokenizer)} tokens) saved to {folder}")
@@ -62,4 +66,3 @@ def save_pretrained_tokenizer(tokenizer, folder):
     with atomic_dir(folder) as tmp:
         tokenizer.save_pretrained(str(tmp))
     return folder
-

@@ -52,34 +52,50 @@ def run(cfg: TrainRecipe, on_step=None) -> Run:
         rejects = Rejects()
         train, val = load_stage_data(cfg.stage, cfg.data, tokenizer, rejects, cfg.train.seed)
         rejects_path = rejects.write(run.dir / "rejects.jsonl")
-        run.counts.update(train=train.counts, validation=val.counts,
-                          train_units=len(train.units), validation_units=len(val.units),
-                          rejects_file=str(rejects_path))
+        run.counts.update(
+            train=train.counts,
+            validation=val.counts,
+            train_units=len(train.units),
+            validation_units=len(val.units),
+            rejects_file=str(rejects_path),
+        )
         run.save()
 
         model = build_model(cfg.model, tokenizer, seed=cfg.train.seed)
         vocab = model.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > vocab:
-            raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's "
-                              f"embedding has {vocab} rows: use the model's own tokenizer")
+            raise ConfigError(
+                f"the tokenizer has {len(tokenizer)} tokens but the model's "
+                f"embedding has {vocab} rows: use the model's own tokenizer"
+            )
         base_dir = None
         if cfg.adapter.type == "lora":
             # a preset base exists nowhere else: save it (before LoRA wraps it) for later loading
-            base_dir = (resolve_dir(cfg.model.path) if cfg.model.path
-                        else save_pretrained(model, tokenizer, run.dir / "base"))
+            base_dir = (
+                resolve_dir(cfg.model.path)
+                if cfg.model.path
+                else save_pretrained(model, tokenizer, run.dir / "base")
+            )
             model = add_lora(model, cfg.adapter)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        print(f"lmforge: {cfg.stage} {cfg.adapter.type}: {trainable:,} of {total:,} parameters "
-              f"trainable ({100 * trainable / total:.2f}%), {len(train.units)} training units")
+        print(
+            f"lmforge: {cfg.stage} {cfg.adapter.type}: {trainable:,} of {total:,} parameters "
+            f"trainable ({100 * trainable / total:.2f}%), {len(train.units)} training units"
+        )
         run.metrics.update(params_total=total, params_trainable=trainable)
 
         # pt blocks are all max_length long: one row each. sft examples are packed into rows of
         # at most max_length tokens (no padding inside a row, attention kept per example).
         capacity = cfg.data.max_length if (cfg.stage == "sft" and cfg.train.packing) else None
-        opts = LoopOptions(run_dir=run.dir, pad_id=tokenizer.pad_token_id, pack_capacity=capacity,
-                           progress=cfg.track.progress, tensorboard=cfg.track.tensorboard,
-                           on_step=on_step)
+        opts = LoopOptions(
+            run_dir=run.dir,
+            pad_id=tokenizer.pad_token_id,
+            pack_capacity=capacity,
+            progress=cfg.track.progress,
+            tensorboard=cfg.track.tensorboard,
+            on_step=on_step,
+        )
         run.metrics.update(train_loop(model, train.units, val.units, cfg.train, opts))
 
         out = save_model(model, tokenizer, run.dir / MODEL_SUBDIR, base_dir)

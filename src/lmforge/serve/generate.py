@@ -61,12 +61,20 @@ def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return input_ids, mask
 
 
-def _decode(tokenizer, ids: list[int], stop: list[str]) -> dict:
+def end_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS plus any end-of-turn ids the model's generation config declares."""
+    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [tokenizer.eos_token_id, *(declared if isinstance(declared, list) else [declared])]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def _decode(tokenizer, ids: list[int], stop: list[str], eos_ids: list[int]) -> dict:
     """One completion from its generated ids: cut at EOS, trailing padding and stop strings."""
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pad = tokenizer.pad_token_id
     finish = "length"
-    if eos is not None and eos in ids:
-        ids, finish = ids[: ids.index(eos) + 1], "stop"
+    ends = [i for i, token in enumerate(ids) if token in eos_ids]
+    if ends:
+        ids, finish = ids[: ends[0] + 1], "stop"
     else:
         while ids and pad is not None and ids[-1] == pad:  # rows that finished early on a stop
             ids = ids[:-1]
@@ -77,19 +85,18 @@ def _decode(tokenizer, ids: list[int], stop: list[str]) -> dict:
     return {"text": text, "new_tokens": len(ids), "finish_reason": finish}
 
 
-def decoding_kwargs(tokenizer, cfg: GenerationConfig) -> dict:
+def decoding_kwargs(tokenizer, cfg: GenerationConfig, eos_ids: list[int]) -> dict:
     """Keyword arguments for ``model.generate`` that follow ``cfg`` exactly."""
     kwargs = {
         "max_new_tokens": cfg.max_new_tokens,
         "use_cache": True,
-        "eos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": eos_ids,
         "pad_token_id": tokenizer.pad_token_id,
     }
     if cfg.temperature == 0:
         kwargs["do_sample"] = False
     else:  # top_k=0 must be explicit: transformers fills an unset top_k with 50
-        kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                      top_k=cfg.top_k)
+        kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
     if cfg.stop:
         kwargs.update(stop_strings=list(cfg.stop), tokenizer=tokenizer)
     return kwargs
@@ -97,25 +104,39 @@ def decoding_kwargs(tokenizer, cfg: GenerationConfig) -> dict:
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: list[list[dict]] | list[str], cfg: GenerationConfig
+    model,
+    tokenizer,
+    prompts: list[list[dict]] | list[str],
+    cfg: GenerationConfig,
+    progress: bool = False,
 ) -> list[dict]:
     """Complete every prompt; returns per prompt ``{"text", "new_tokens", "finish_reason"}``.
 
     ``prompts`` are message lists (``cfg.chat``; a bare string counts as one user message) or raw
     strings. ``new_tokens`` counts generated tokens including a final EOS; ``finish_reason`` is
     ``"stop"`` (EOS or a stop string) or ``"length"`` (``max_new_tokens`` reached).
+    ``progress`` shows a bar over batches on a terminal.
     """
+    from tqdm.auto import tqdm
+
     encoded = encode_prompts(tokenizer, prompts, cfg)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     device = next(model.parameters()).device
-    kwargs = decoding_kwargs(tokenizer, cfg)
+    eos_ids = end_ids(model, tokenizer)
+    kwargs = decoding_kwargs(tokenizer, cfg, eos_ids)
     torch.manual_seed(cfg.seed)
     results: list[dict] = []
     with eval_mode(model):
-        for start in range(0, len(encoded), cfg.batch_size):
+        starts = range(0, len(encoded), cfg.batch_size)
+        for start in tqdm(
+            starts, desc="generate", unit="batch", disable=None if progress else True
+        ):
             input_ids, mask = left_pad(encoded[start : start + cfg.batch_size], pad_id)
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                 **kwargs)
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs
+            )
             new = out[:, input_ids.shape[1] :].tolist()
-            results.extend(_decode(tokenizer, ids, cfg.stop) for ids in new)
+            results.extend(_decode(tokenizer, ids, cfg.stop, eos_ids) for ids in new)
     return results

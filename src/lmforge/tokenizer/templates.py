@@ -55,7 +55,7 @@ def check_eos_template(tokenizer) -> None:
             "the chat template renders the conversation differently from its generation prompt; "
             "the prompt (add_generation_prompt=True) must be a prefix of the full conversation"
         )
-    answer = full[len(prompt):]
+    answer = full[len(prompt) :]
     if eos is None or not answer.startswith("pong" + eos):
         raise ConfigError(
             f"the chat template does not end assistant turns with the EOS token {eos!r} "

@@ -35,8 +35,11 @@ def _build(cfg: TokenizerConfig) -> tuple[Tokenizer, object]:
         tok.normalizer = normalizers.NFC()
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
     elif cfg.type == "unigram":
         specials = list(dict.fromkeys([*specials, cfg.unk_token]))
@@ -44,19 +47,25 @@ def _build(cfg: TokenizerConfig) -> tuple[Tokenizer, object]:
         tok.normalizer = normalizers.NFKC()
         tok.decoder = decoders.Metaspace(prepend_scheme="first")
         trainer = trainers.UnigramTrainer(
-            vocab_size=cfg.vocab_size, special_tokens=specials, unk_token=cfg.unk_token,
+            vocab_size=cfg.vocab_size,
+            special_tokens=specials,
+            unk_token=cfg.unk_token,
             show_progress=False,
         )
     else:  # BERT-style: CJK characters become words of their own, like BERT's tokenizer
         specials = list(dict.fromkeys([*specials, cfg.unk_token]))
         tok = Tokenizer(models.WordPiece(unk_token=cfg.unk_token))
         tok.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=cfg.lowercase,
+            clean_text=True,
+            handle_chinese_chars=True,
+            strip_accents=cfg.lowercase,
             lowercase=cfg.lowercase,
         )
         tok.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(
-            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials,
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=specials,
             show_progress=False,
         )
     tok.pre_tokenizer = _pre_tokenizer(cfg)
@@ -64,7 +73,7 @@ def _build(cfg: TokenizerConfig) -> tuple[Tokenizer, object]:
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig):
-    """Train on ``texts`` and return a ``PreTrainedTokenizerFast`` with eos/pad and chat template."""
+    """Train on ``texts``; a ``PreTrainedTokenizerFast`` with eos, pad and the chat template."""
     from transformers import PreTrainedTokenizerFast
 
     tok, trainer = _build(cfg)
@@ -82,10 +91,14 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig):
     tok.train_from_iterator(batches(), trainer=trainer)
     extra = {"unk_token": cfg.unk_token} if cfg.type != "byte_bpe" else {}
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=cfg.eos_token, pad_token=cfg.pad_token,
-        additional_special_tokens=[t for t in cfg.special_tokens
-                                   if t not in (cfg.eos_token, cfg.pad_token)],
-        clean_up_tokenization_spaces=False, **extra,
+        tokenizer_object=tok,
+        eos_token=cfg.eos_token,
+        pad_token=cfg.pad_token,
+        additional_special_tokens=[
+            t for t in cfg.special_tokens if t not in (cfg.eos_token, cfg.pad_token)
+        ],
+        clean_up_tokenization_spaces=False,
+        **extra,
     )
     fast.chat_template = resolve_template(cfg.chat_template)
     return fast

@@ -35,22 +35,33 @@ def checkpoint_dirs(root: Path) -> list[Path]:
     """Complete checkpoints under ``root``, oldest first."""
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(root: Path, step: int, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, state: dict, keep_last: int) -> Path:
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    keep_last: int,
+) -> Path:
     folder = root / f"step-{step:06d}"
-    trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
-                 if p.requires_grad}
+    trainable = {
+        n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad
+    }
     np_state = np.random.get_state()
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     full_state = {
-        **state, "step": step,
+        **state,
+        "step": step,
         "python_rng": _jsonable(random.getstate()),
         "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
     }
@@ -64,8 +75,7 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module,
     return folder
 
 
-def load_checkpoint(folder: Path, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer) -> dict:
+def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Restore weights, optimizer and RNG states in place; return the saved state dict."""
     try:
         weights = load_file(str(folder / "trainable.safetensors"))
@@ -73,13 +83,16 @@ def load_checkpoint(folder: Path, model: torch.nn.Module,
         opt_state = torch.load(folder / "optimizer.pt", weights_only=True)
         rng = torch.load(folder / "rng.pt", weights_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"checkpoint {folder} cannot be read ({exc}); delete it or set "
-                        "train.resume=never") from None
+        raise UserError(
+            f"checkpoint {folder} cannot be read ({exc}); delete it or set train.resume=never"
+        ) from None
     params = dict(model.named_parameters())
     unknown = [n for n in weights if n not in params]
     if unknown:
-        raise UserError(f"checkpoint {folder} does not match the model (e.g. {unknown[0]}); "
-                        "was the config changed? set train.resume=never to start over")
+        raise UserError(
+            f"checkpoint {folder} does not match the model (e.g. {unknown[0]}); "
+            "was the config changed? set train.resume=never to start over"
+        )
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)

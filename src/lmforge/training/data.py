@@ -31,8 +31,10 @@ def split_records(records: list[Record], ratio: float, seed: int) -> tuple[list,
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(records) * ratio))
     val = set(order[:n_val])
-    return ([r for i, r in enumerate(records) if i not in val],
-            [r for i, r in enumerate(records) if i in val])
+    return (
+        [r for i, r in enumerate(records) if i not in val],
+        [r for i, r in enumerate(records) if i in val],
+    )
 
 
 def encode_sft(records: list[Record], cfg: DataConfig, tokenizer, rejects: Rejects) -> Encoded:
@@ -76,7 +78,7 @@ def encode_pt(records: list[Record], cfg: DataConfig, tokenizer, rejects: Reject
         start = 0
         while start < len(ids):
             take = min(room, len(ids) - start)
-            block.append(Piece(ids[start:start + take], targets[start:start + take]))
+            block.append(Piece(ids[start : start + take], targets[start : start + take]))
             start += take
             room -= take
             if room == 0:
@@ -87,8 +89,9 @@ def encode_pt(records: list[Record], cfg: DataConfig, tokenizer, rejects: Reject
     return out
 
 
-def load_stage_data(stage: str, cfg: DataConfig, tokenizer, rejects: Rejects, seed: int
-                    ) -> tuple[Encoded, Encoded]:
+def load_stage_data(
+    stage: str, cfg: DataConfig, tokenizer, rejects: Rejects, seed: int
+) -> tuple[Encoded, Encoded]:
     """(train, validation) units; validation from ``cfg.validation`` or ``cfg.val_ratio``."""
     encode = encode_pt if stage == "pt" else encode_sft
     train_records = list(iter_records(cfg.train, rejects))

@@ -49,7 +49,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if name == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision=fp16 needs a CUDA GPU; use fp32 (fastest on CPU) or bf16")
+        raise ConfigError(
+            "train.precision=fp16 needs a CUDA GPU; use fp32 (fastest on CPU) or bf16"
+        )
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
@@ -75,8 +77,11 @@ class MetricsLog:
     def open(cls, run_dir: Path, resume_step: int, tensorboard: str) -> MetricsLog:
         path = run_dir / "metrics.jsonl"
         if path.exists():
-            kept = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            kept = [
+                ln
+                for ln in path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= resume_step
+            ]
             path.write_text("".join(ln + "\n" for ln in kept))
         writer = None
         if tensorboard != "off":
@@ -86,7 +91,9 @@ class MetricsLog:
                 writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
             except ImportError:
                 if tensorboard == "on":
-                    raise MissingDependency("tensorboard", "tensorboard", "track.tensorboard=on")
+                    raise MissingDependency(
+                        "tensorboard", "tensorboard", "track.tensorboard=on"
+                    ) from None
         return cls(path, writer)
 
     def log(self, row: dict) -> None:
@@ -110,24 +117,33 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
     return torch.randperm(n, generator=gen).tolist()
 
 
-def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast_dtype) -> tuple[torch.Tensor,
-                                                                                  int]:
+def token_loss_sum(
+    model, batch: dict[str, torch.Tensor], autocast_dtype
+) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over target tokens, and how many there were."""
     device = next(model.parameters()).device
-    ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype
-           else contextlib.nullcontext())
+    ctx = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype
+        else contextlib.nullcontext()
+    )
     with ctx:
-        logits = model(input_ids=batch["input_ids"].to(device),
-                       position_ids=batch["position_ids"].to(device), use_cache=False).logits
+        logits = model(
+            input_ids=batch["input_ids"].to(device),
+            position_ids=batch["position_ids"].to(device),
+            use_cache=False,
+        ).logits
     targets = batch["targets"].to(device)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                           ignore_index=IGNORE, reduction="sum")
+    loss = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
     return loss, int((targets != IGNORE).sum())
 
 
 @torch.no_grad()
-def evaluate_loss(model, units: list[Unit], cfg: TrainConfig, opts: LoopOptions,
-                  autocast_dtype) -> dict[str, float]:
+def evaluate_loss(
+    model, units: list[Unit], cfg: TrainConfig, opts: LoopOptions, autocast_dtype
+) -> dict[str, float]:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -135,7 +151,7 @@ def evaluate_loss(model, units: list[Unit], cfg: TrainConfig, opts: LoopOptions,
     for i, start in enumerate(batches):
         if cfg.eval_batches and i >= cfg.eval_batches:
             break
-        batch = micro_batch(units[start:start + cfg.batch_size], opts.pad_id, opts.pack_capacity)
+        batch = micro_batch(units[start : start + cfg.batch_size], opts.pad_id, opts.pack_capacity)
         loss, n = token_loss_sum(model, batch, autocast_dtype)
         total += float(loss)
         count += n
@@ -144,8 +160,13 @@ def evaluate_loss(model, units: list[Unit], cfg: TrainConfig, opts: LoopOptions,
     return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0)), "eval_tokens": count}
 
 
-def train_loop(model: torch.nn.Module, train_units: list[Unit], val_units: list[Unit],
-               cfg: TrainConfig, opts: LoopOptions) -> dict:
+def train_loop(
+    model: torch.nn.Module,
+    train_units: list[Unit],
+    val_units: list[Unit],
+    cfg: TrainConfig,
+    opts: LoopOptions,
+) -> dict:
     """Train ``model`` in place; return the final metrics."""
     device = resolve_device(cfg.device)
     autocast_dtype = resolve_precision(cfg.precision, device)
@@ -172,8 +193,9 @@ def train_loop(model: torch.nn.Module, train_units: list[Unit], val_units: list[
     result: dict = {}
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=start_step, disable=not opts.progress, unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total, initial=start_step, disable=not opts.progress, unit="step", dynamic_ncols=True
+    )
     order: list[int] = []
     order_epoch = -1
     model.train()
@@ -182,11 +204,17 @@ def train_loop(model: torch.nn.Module, train_units: list[Unit], val_units: list[
             t0 = time.perf_counter()
             epoch, position = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
-                order, order_epoch = epoch_order(len(train_units), cfg.seed, epoch,
-                                                 cfg.shuffle), epoch
-            chosen = [train_units[i] for i in order[position * per_step:(position + 1) * per_step]]
-            batches = [micro_batch(chosen[i:i + cfg.batch_size], opts.pad_id, opts.pack_capacity)
-                       for i in range(0, len(chosen), cfg.batch_size)]
+                order, order_epoch = (
+                    epoch_order(len(train_units), cfg.seed, epoch, cfg.shuffle),
+                    epoch,
+                )
+            chosen = [
+                train_units[i] for i in order[position * per_step : (position + 1) * per_step]
+            ]
+            batches = [
+                micro_batch(chosen[i : i + cfg.batch_size], opts.pad_id, opts.pack_capacity)
+                for i in range(0, len(chosen), cfg.batch_size)
+            ]
             n_targets = sum(int((b["targets"] != IGNORE).sum()) for b in batches)
             lr = lr_at(step, total, cfg)
             for group in optimizer.param_groups:
@@ -200,12 +228,16 @@ def train_loop(model: torch.nn.Module, train_units: list[Unit], val_units: list[
                 step_loss += float(loss.detach())
                 del loss, scaled
             if not math.isfinite(step_loss):
-                raise RunFailed(f"loss became {step_loss} at step {step + 1}; lower train.lr "
-                                "or check the data")
+                raise RunFailed(
+                    f"loss became {step_loss} at step {step + 1}; lower train.lr or check the data"
+                )
             if scaler:
                 scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf")))
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(
+                    params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
+                )
+            )
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -216,16 +248,25 @@ def train_loop(model: torch.nn.Module, train_units: list[Unit], val_units: list[
             state["tokens"] += tokens
             state["target_tokens"] += n_targets
             state["elapsed"] += seconds
-            window = {"loss": window["loss"] + step_loss, "targets": window["targets"] + n_targets,
-                      "tokens": window["tokens"] + tokens, "seconds": window["seconds"] + seconds}
+            window = {
+                "loss": window["loss"] + step_loss,
+                "targets": window["targets"] + n_targets,
+                "tokens": window["tokens"] + tokens,
+                "seconds": window["seconds"] + seconds,
+            }
             done = step + 1
             bar.update(1)
             if done % cfg.log_every == 0 or done == total:
-                row = {"step": done, "epoch": round(step / steps_per_epoch, 4),
-                       "loss": window["loss"] / max(1, window["targets"]), "lr": lr,
-                       "grad_norm": grad_norm,
-                       "tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
-                       "tokens": state["tokens"], "elapsed": round(state["elapsed"], 3)}
+                row = {
+                    "step": done,
+                    "epoch": round(step / steps_per_epoch, 4),
+                    "loss": window["loss"] / max(1, window["targets"]),
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
+                    "tokens": state["tokens"],
+                    "elapsed": round(state["elapsed"], 3),
+                }
                 log.log(row)
                 result["train_loss"] = row["loss"]
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -241,9 +282,13 @@ def train_loop(model: torch.nn.Module, train_units: list[Unit], val_units: list[
     finally:
         bar.close()
         log.close()
-    result.update(steps=total, tokens=state["tokens"], target_tokens=state["target_tokens"],
-                  train_seconds=round(state["elapsed"], 3),
-                  tokens_per_s=state["tokens"] / max(state["elapsed"], 1e-9))
+    result.update(
+        steps=total,
+        tokens=state["tokens"],
+        target_tokens=state["target_tokens"],
+        train_seconds=round(state["elapsed"], 3),
+        tokens_per_s=state["tokens"] / max(state["elapsed"], 1e-9),
+    )
     if "train_loss" not in result and log.rows:
         result["train_loss"] = next((r["loss"] for r in reversed(log.rows) if "loss" in r), None)
     return result

@@ -21,8 +21,9 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode_messages_full(tokenizer, messages: list[dict], max_length: int
-                         ) -> tuple[list[int], list[int], bool]:
+def encode_messages_full(
+    tokenizer, messages: list[dict], max_length: int
+) -> tuple[list[int], list[int], bool]:
     """``(input_ids, labels, truncated)`` for one conversation.
 
     ``labels[i]`` is ``input_ids[i]`` where the token belongs to an assistant answer (through its
@@ -45,8 +46,8 @@ def encode_messages_full(tokenizer, messages: list[dict], max_length: int
                 "the chat template is not incremental: rendering a conversation prefix must give "
                 "a prefix of the full rendering (needed to find the assistant tokens)"
             )
-        prompt_ids = _encode(tokenizer, prompt_text[len(rendered):])
-        answer_ids = _encode(tokenizer, full_text[len(prompt_text):])
+        prompt_ids = _encode(tokenizer, prompt_text[len(rendered) :])
+        answer_ids = _encode(tokenizer, full_text[len(prompt_text) :])
         if eos in answer_ids:
             cut = answer_ids.index(eos) + 1
             answer_labels = answer_ids[:cut] + [IGNORE] * (len(answer_ids) - cut)
@@ -70,7 +71,9 @@ def encode_messages_full(tokenizer, messages: list[dict], max_length: int
     return ids[:max_length], labels[:max_length], truncated
 
 
-def encode_messages(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
+def encode_messages(
+    tokenizer, messages: list[dict], max_length: int
+) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)``; see :func:`encode_messages_full`."""
     ids, labels, _ = encode_messages_full(tokenizer, messages, max_length)
     return ids, labels

@@ -1,0 +1,223 @@
+"""``lmforge evaluate CONFIG``: perplexity on text and exact-match accuracy on instruction data.
+
+    lmforge evaluate model.path=runs/pt perplexity.files=[heldout.jsonl] perplexity.window=256
+    lmforge evaluate model.adapter=runs/lora exact_match.files=[test.jsonl] output_dir=runs/eval
+
+Perplexity: a .txt file is one document (the whole file); each .jsonl/.json row is one document
+(``perplexity.text_field``). Reported per file and overall: nll (nats), tokens, words, bytes,
+token and word perplexity, bits per byte (lm-eval's ``loglikelihood_rolling`` convention, see
+``lmforge.eval.perplexity``).
+Exact match: alpaca / messages / sharegpt / ``{"prompt", "reference"}`` rows are answered with
+``generation`` settings (greedy by default, through the chat template) and compared after
+normalisation; prompts longer than ``exact_match.max_length`` tokens are rejected.
+
+Writes ``OUTPUT_DIR/metrics.json``, ``OUTPUT_DIR/items.jsonl`` (one score per document or
+question, so comparisons and significance tests need no rerun), ``rejects.jsonl`` and
+``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from lmforge.artifacts import Run, atomic_write_json, atomic_write_text, recorded
+from lmforge.config import to_dict
+from lmforge.config.recipes import EvaluateRecipe
+from lmforge.data.readers import TEXT_SUFFIXES, Rejects, check_files, iter_records
+from lmforge.data.schema import RowError, to_text
+from lmforge.errors import ConfigError, DataError
+from lmforge.eval.exact_match import exact_match
+from lmforge.eval.perplexity import PerplexityResult, count_words, perplexity
+from lmforge.models.load import load_for_inference
+from lmforge.recipes.generate import (
+    model_inputs,
+    prompt_input,
+    read_prompts,
+    resolve_device,
+)
+from lmforge.serve.generate import encode_prompts, generate
+
+
+def read_documents(path: Path, text_field: str, rejects: Rejects) -> list[tuple[int, str]]:
+    """(line, text) per document: a text file is one document, a JSON row is one document."""
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            rejects.add(str(path), 1, f"not UTF-8: {exc.reason}")
+            return []
+        if not text.strip():
+            rejects.add(str(path), 1, "empty text")
+            return []
+        return [(1, text)]
+    docs = []
+    for record in iter_records([path], rejects):
+        try:
+            docs.append((record.line, to_text(record.row, text_field)))
+        except RowError as exc:
+            rejects.add_record(record, str(exc))
+    return docs
+
+
+def evaluate_perplexity(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects):
+    """(metrics, items, counts) for ``cfg.perplexity.files``."""
+    pcfg = cfg.perplexity
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and pcfg.window > limit:
+        raise ConfigError(
+            f"perplexity.window ({pcfg.window}) exceeds the model's context "
+            f"({limit} positions); lower perplexity.window"
+        )
+    before = len(rejects)
+    total, per_file, items = PerplexityResult(), {}, []
+    for path in check_files(pcfg.files, "perplexity file"):
+        docs = read_documents(path, pcfg.text_field, rejects)
+        texts = [text for _, text in docs]
+        result = perplexity(model, tokenizer, texts, pcfg.window, pcfg.stride, pcfg.batch_size)
+        per_file[str(path)] = result.summary()
+        total = total.merge(result)
+        for (line, text), (nll, tokens) in zip(docs, result.per_text, strict=True):
+            items.append(
+                {
+                    "eval": "perplexity",
+                    "id": f"{path.name}:{line}",
+                    "source": str(path),
+                    "source_line": line,
+                    "nll": nll,
+                    "tokens": tokens,
+                    "words": count_words(text),
+                    "bytes": len(text.encode("utf-8")),
+                }
+            )
+    if not items:
+        raise DataError(f"no usable text in perplexity.files {pcfg.files}")
+    counts = {
+        "read": len(items) + len(rejects) - before,
+        "used": len(items),
+        "rejected": len(rejects) - before,
+    }
+    return {**total.summary(), "files": per_file}, items, counts
+
+
+def evaluate_exact_match(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects):
+    """(metrics, items, counts) for ``cfg.exact_match.files``."""
+    ecfg, gen = cfg.exact_match, cfg.generation
+    before = len(rejects)
+    questions = []
+    for prompt in read_prompts(
+        [str(p) for p in check_files(ecfg.files, "exact_match file")], rejects
+    ):
+        try:
+            if prompt.reference is None:
+                raise RowError("no reference answer (add 'reference' or an assistant answer)")
+            inputs = prompt_input(prompt, gen.chat)
+            n_tokens = len(encode_prompts(tokenizer, [inputs], gen)[0])
+            if n_tokens > ecfg.max_length:
+                raise RowError(
+                    f"prompt too long: {n_tokens} tokens > exact_match.max_length "
+                    f"({ecfg.max_length})"
+                )
+        except RowError as exc:
+            rejects.add(prompt.source, prompt.line, str(exc), prompt.row)
+            continue
+        questions.append((prompt, inputs))
+    read = len(questions) + len(rejects) - before
+    if ecfg.max_examples:
+        questions = questions[: ecfg.max_examples]
+    if not questions:
+        raise DataError(f"no usable questions in exact_match.files {ecfg.files}")
+    results = generate(model, tokenizer, [q for _, q in questions], gen, progress=True)
+    predictions = [r["text"] for r in results]
+    scores = exact_match(predictions, [p.reference for p, _ in questions])
+    items, by_task = [], defaultdict(list)
+    for (prompt, _), result, correct in zip(questions, results, scores["per_item"], strict=True):
+        task = prompt.row.get("task") if isinstance(prompt.row, dict) else None
+        items.append(
+            {
+                "eval": "exact_match",
+                "id": prompt.id,
+                "source": prompt.source,
+                "source_line": prompt.line,
+                "task": task,
+                "prompt": prompt.text,
+                "prediction": result["text"],
+                "reference": prompt.reference,
+                "correct": correct,
+                "finish_reason": result["finish_reason"],
+            }
+        )
+        if isinstance(task, str):
+            by_task[task].append(correct)
+    metrics = {k: scores[k] for k in ("accuracy", "correct", "total")}
+    if by_task:
+        metrics["by_task"] = {t: sum(v) / len(v) for t, v in sorted(by_task.items())}
+    # read = used + rejected + skipped (beyond exact_match.max_examples)
+    counts = {
+        "read": read,
+        "used": len(questions),
+        "rejected": len(rejects) - before,
+        "skipped": read - len(questions) - (len(rejects) - before),
+    }
+    return metrics, items, counts
+
+
+def run(cfg: EvaluateRecipe) -> Run:
+    if not (cfg.perplexity.files or cfg.exact_match.files):
+        raise ConfigError("nothing to evaluate: set perplexity.files and/or exact_match.files")
+    check_files([*cfg.perplexity.files, *cfg.exact_match.files], "evaluation file")
+    run = Run.start(
+        "evaluate",
+        to_dict(cfg),
+        cfg.output_dir,
+        inputs={
+            **model_inputs(cfg.model),
+            "perplexity_data": cfg.perplexity.files,
+            "exact_match_data": cfg.exact_match.files,
+        },
+    )
+    if not cfg.force and run.finished_before():
+        print(f"lmforge: reusing finished evaluate run {run.dir}")
+        return run
+    with recorded(run):
+        model, tokenizer = load_for_inference(cfg.model, resolve_device(cfg.device))
+        rejects, items = Rejects(), []
+        for name, evaluate in (
+            ("perplexity", evaluate_perplexity),
+            ("exact_match", evaluate_exact_match),
+        ):
+            if getattr(cfg, name).files:
+                metrics, new_items, counts = evaluate(cfg, model, tokenizer, rejects)
+                run.metrics[name], run.counts[name] = metrics, counts
+                items.extend(new_items)
+        rejects_path = rejects.write(run.dir / "rejects.jsonl")
+        run.counts.update(
+            rejected=len(rejects),
+            rejected_by_reason=rejects.by_reason(),
+            rejects_file=str(rejects_path),
+        )
+        items_path = atomic_write_text(
+            run.dir / "items.jsonl",
+            "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items),
+        )
+        metrics_path = atomic_write_json(run.dir / "metrics.json", run.metrics)
+        run.add_output(metrics_path, "metrics")
+        run.add_output(items_path, "items")
+    print(format_metrics(run.metrics))
+    return run
+
+
+def format_metrics(metrics: dict) -> str:
+    lines = []
+    if "perplexity" in metrics:
+        p = metrics["perplexity"]
+        lines.append(
+            f"perplexity: {p['token_perplexity']:.3f} per token, "
+            f"{p['word_perplexity']:.3f} per word, {p['bits_per_byte']:.4f} bits/byte "
+            f"({p['tokens']} tokens)"
+        )
+    if "exact_match" in metrics:
+        e = metrics["exact_match"]
+        lines.append(f"exact match: {e['accuracy']:.3f} ({e['correct']}/{e['total']})")
+    return "\n".join(lines)
