@@ -102,6 +102,7 @@ class DemoRecipe(RecipeConfig):
     sft_steps: int = Field(300, gt=0, description="LoRA fine-tuning optimizer steps")
     preset: str = Field("tiny-llama", description="model preset")
     seed: int = Field(0, description="seed for data, weights and sampling")
+    progress: bool = Field(True, description="progress bars while training")
 
 
 RECIPE_CONFIGS: dict[str, type[Group]] = {

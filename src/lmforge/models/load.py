@@ -10,12 +10,29 @@ import json
 from pathlib import Path
 
 import torch
+import transformers
 
 from lmforge.config.groups import AdapterConfig, ModelConfig
 from lmforge.errors import ConfigError, UserError
 
 MODEL_SUBDIR = "model"
+
+
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """``auto``: the first CUDA GPU when one is visible, else the CPU; or an explicit device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"{key} '{name}' is not a device ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={name} but no CUDA GPU is visible; use auto or cpu")
+    return device
 TOKENIZER_SUBDIR = "tokenizer"
+
+# Loading a tiny model should not draw progress bars; lmforge draws its own for long work.
+transformers.utils.logging.disable_progress_bar()
 
 
 def resolve_dir(path: str | Path, role: str = "model") -> Path:
@@ -143,7 +160,8 @@ def load_for_inference(cfg: ModelConfig, device: str = "cpu"):
             "base_model_name_or_path"
         ]
     base_dir = resolve_dir(base_path, "base model")
-    tokenizer = load_tokenizer(cfg.tokenizer or adapter_dir or base_dir)
+    has_own = adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(cfg.tokenizer or (adapter_dir if has_own else base_dir))
     model = build_model(
         ModelConfig(path=str(base_dir), trust_remote_code=cfg.trust_remote_code), tokenizer
     )

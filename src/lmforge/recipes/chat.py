@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from lmforge.config.recipes import ChatRecipe
 from lmforge.errors import ConfigError
-from lmforge.models.load import load_for_inference
-from lmforge.recipes.generate import resolve_device
+from lmforge.models.load import load_for_inference, resolve_device
 from lmforge.serve.generate import generate
 
 HELP = "type a message; /reset forgets the conversation, /exit quits"

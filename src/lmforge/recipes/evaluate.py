@@ -30,12 +30,11 @@ from lmforge.data.schema import RowError, to_text
 from lmforge.errors import ConfigError, DataError
 from lmforge.eval.exact_match import exact_match
 from lmforge.eval.perplexity import PerplexityResult, count_words, perplexity
-from lmforge.models.load import load_for_inference
+from lmforge.models.load import load_for_inference, resolve_device
 from lmforge.recipes.generate import (
     model_inputs,
     prompt_input,
     read_prompts,
-    resolve_device,
 )
 from lmforge.serve.generate import encode_prompts, generate
 

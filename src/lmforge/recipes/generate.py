@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from lmforge.artifacts import Run, atomic_write_text, recorded
 from lmforge.config import to_dict
 from lmforge.config.groups import ModelConfig
@@ -26,7 +24,7 @@ from lmforge.config.recipes import GenerateRecipe
 from lmforge.data.readers import Record, Rejects, iter_records
 from lmforge.data.schema import RowError, prompt_messages
 from lmforge.errors import ConfigError, DataError
-from lmforge.models.load import load_for_inference, resolve_dir
+from lmforge.models.load import load_for_inference, resolve_device, resolve_dir
 from lmforge.serve.generate import generate
 
 
@@ -80,15 +78,6 @@ def prompt_input(prompt: Prompt, chat: bool) -> list[dict] | str:
     if len(prompt.messages) != 1:
         raise RowError("a conversation needs generation.chat=true (the chat template)")
     return prompt.messages[0]["content"]
-
-
-def resolve_device(name: str) -> str:
-    """``auto``: the first CUDA GPU when one is visible, else the CPU."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but no CUDA GPU is visible; use device=auto or cpu")
-    return name
 
 
 def model_inputs(model: ModelConfig) -> dict:

@@ -21,21 +21,10 @@ import torch.nn.functional as F
 
 from lmforge.config.groups import TrainConfig
 from lmforge.errors import ConfigError, MissingDependency, RunFailed
+from lmforge.models.load import resolve_device
 from lmforge.training.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from lmforge.training.collate import IGNORE, Unit, micro_batch, unit_tokens
 from lmforge.training.optim import build_optimizer, lr_at
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"train.device '{name}' is not a device ({exc})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device asks for CUDA but no GPU is visible; use auto or cpu")
-    return device
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -168,7 +157,7 @@ def train_loop(
     opts: LoopOptions,
 ) -> dict:
     """Train ``model`` in place; return the final metrics."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "train.device")
     autocast_dtype = resolve_precision(cfg.precision, device)
     model.to(device)
     optimizer = build_optimizer(model, cfg)
