@@ -7,6 +7,7 @@ A model source is a preset (random weights), a local model folder, or an lmforge
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,6 +34,8 @@ TOKENIZER_SUBDIR = "tokenizer"
 
 # Loading a tiny model should not draw progress bars; lmforge draws its own for long work.
 transformers.utils.logging.disable_progress_bar()
+# peft 0.21 calls a transformers property deprecated in 5.x on every wrap; nothing to act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def resolve_dir(path: str | Path, role: str = "model") -> Path:
