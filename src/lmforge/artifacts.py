@@ -304,13 +304,14 @@ def lineage(path: str | Path) -> list[dict]:
     nodes: list[dict] = []
     seen: set[str] = set()
 
-    def visit(manifest_path: Path, depth: int, role: str | None) -> None:
+    def visit(manifest_path: Path, depth: int, role: str | None, path: str | None) -> None:
         key = str(manifest_path.resolve())
         m = read_manifest(manifest_path)
         node = {
             "depth": depth,
             "kind": "run",
             "role": role,
+            "path": path,
             "stage": m.get("stage"),
             "run_dir": str(manifest_path.parent),
             "status": m.get("status"),
@@ -325,7 +326,7 @@ def lineage(path: str | Path) -> list[dict]:
         seen.add(key)
         for inp in m.get("inputs", []):
             if inp.get("manifest") and Path(inp["manifest"]).is_file():
-                visit(Path(inp["manifest"]), depth + 1, inp["role"])
+                visit(Path(inp["manifest"]), depth + 1, inp["role"], inp["path"])
             else:
                 nodes.append(
                     {
@@ -337,7 +338,7 @@ def lineage(path: str | Path) -> list[dict]:
                     }
                 )
 
-    visit(start, 0, None)
+    visit(start, 0, None, None)
     return nodes
 
 
@@ -348,7 +349,8 @@ def format_lineage(nodes: list[dict]) -> str:
         role = f"{n['role']}: " if n.get("role") else ""
         if n["kind"] == "run":
             extra = " (see above)" if n["seen"] else ""
-            lines.append(f"{pad}{role}[{n['stage']}] {n['run_dir']} ({n['status']}){extra}")
+            made = f"{n['path']} <- " if n.get("path") and n["path"] != n["run_dir"] else ""
+            lines.append(f"{pad}{role}{made}[{n['stage']}] {n['run_dir']} ({n['status']}){extra}")
             if not n["seen"]:
                 for out in n["outputs"]:
                     lines.append(f"{pad}    -> {out['role']}: {out['path']}")

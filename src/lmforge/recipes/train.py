@@ -89,6 +89,7 @@ def run(cfg: TrainRecipe, on_step=None) -> Run:
         # at most max_length tokens (no padding inside a row, attention kept per example).
         capacity = cfg.data.max_length if (cfg.stage == "sft" and cfg.train.packing) else None
         opts = LoopOptions(
+            trajectory=trajectory(run),
             run_dir=run.dir,
             pad_id=tokenizer.pad_token_id,
             pack_capacity=capacity,
@@ -96,13 +97,35 @@ def run(cfg: TrainRecipe, on_step=None) -> Run:
             tensorboard=cfg.track.tensorboard,
             on_step=on_step,
         )
-        run.metrics.update(train_loop(model, train.units, val.units, cfg.train, opts))
+        # force=true recomputes: start over instead of resuming the finished checkpoint
+        train_cfg = cfg.train.model_copy(update={"resume": "never"}) if cfg.force else cfg.train
+        run.metrics.update(train_loop(model, train.units, val.units, train_cfg, opts))
 
         out = save_model(model, tokenizer, run.dir / MODEL_SUBDIR, base_dir)
         run.add_output(out, "model")
         run.add_output(run.dir / "metrics.jsonl", "metrics")
     print(f"lmforge: {cfg.stage} run finished: {out}")
     return run
+
+
+# Keys that change logging, checkpointing or placement but not the weights a run produces.
+_NOT_TRAJECTORY = {"output_dir", "force", "track"}
+_NOT_TRAJECTORY_TRAIN = {
+    "log_every",
+    "eval_every",
+    "eval_batches",
+    "save_every",
+    "keep_last",
+    "resume",
+    "device",
+}
+
+
+def trajectory(run: Run) -> dict:
+    """What a checkpoint must agree on to be resumed: config (minus I/O keys) + input contents."""
+    config = {k: v for k, v in run.config.items() if k not in _NOT_TRAJECTORY}
+    config["train"] = {k: v for k, v in config["train"].items() if k not in _NOT_TRAJECTORY_TRAIN}
+    return {"config": config, "inputs": {i["path"]: i["fingerprint"] for i in run.inputs}}
 
 
 def save_model(model, tokenizer, out: Path, base_dir: Path | None) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class LoopOptions:
     progress: bool = True
     tensorboard: str = "auto"
     on_step: Callable[[int], None] | None = None  # called after each optimizer step (tests)
+    # what the trajectory depends on (config + input fingerprints); a checkpoint made under a
+    # different one is refused instead of silently continuing someone else's run
+    trajectory: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -169,10 +173,14 @@ def train_loop(
 
     state = {"tokens": 0, "target_tokens": 0, "elapsed": 0.0}
     start_step = 0
+    if cfg.resume == "never" and checkpoint_dirs(ckpt_root):
+        print(f"lmforge: train.resume=never: removing old checkpoints in {ckpt_root}")
+        shutil.rmtree(ckpt_root)
     resume_from = _resume_dir(cfg.resume, ckpt_root)
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer)
         start_step = state.pop("step")
+        _check_same_trajectory(state.pop("trajectory", {}), opts.trajectory, resume_from)
         print(f"lmforge: resuming from {resume_from} (step {start_step} of {total})")
     else:
         torch.manual_seed(cfg.seed)
@@ -265,7 +273,14 @@ def train_loop(
                 log.log({"step": done, **evals})
                 result.update(evals)
             if (cfg.save_every and done % cfg.save_every == 0) or done == total:
-                save_checkpoint(ckpt_root, done, model, optimizer, state, cfg.keep_last)
+                save_checkpoint(
+                    ckpt_root,
+                    done,
+                    model,
+                    optimizer,
+                    {**state, "trajectory": opts.trajectory},
+                    cfg.keep_last,
+                )
             if opts.on_step is not None:
                 opts.on_step(done)
     finally:
@@ -281,6 +296,27 @@ def train_loop(
     if "train_loss" not in result and log.rows:
         result["train_loss"] = next((r["loss"] for r in reversed(log.rows) if "loss" in r), None)
     return result
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_same_trajectory(saved: dict, current: dict, folder: Path) -> None:
+    old, new = _flatten(saved), _flatten(current)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        raise ConfigError(
+            f"the checkpoint {folder} was made with a different config or data ({shown}); "
+            "use a new output_dir, or set train.resume=never to start this one over"
+        )
 
 
 def _resume_dir(resume: str, root: Path) -> Path | None:

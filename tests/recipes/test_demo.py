@@ -1,0 +1,45 @@
+"""The demo end to end at a tiny size: every stage runs, the report exists, lineage is complete.
+
+(The full-size demo's accuracy is measured by `make demo`, not here: it takes minutes.)
+"""
+
+from __future__ import annotations
+
+import json
+
+from lmforge.artifacts import format_lineage, lineage
+from lmforge.cli import main
+
+
+def test_small_demo_runs_and_traces_back_to_data(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(
+        [
+            "demo",
+            f"output_dir={out}",
+            "n_docs=200",
+            "n_per_task=20",
+            "vocab_size=500",
+            "pt_steps=12",
+            "sft_steps=6",
+            "progress=false",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "lmforge demo report" in printed
+    report = json.loads((out / "report.json").read_text())
+    figures = report["figures"]
+    # pretraining must lower held-out perplexity from the random-init model's
+    assert figures["perplexity_pretrained"] < figures["perplexity_random_init"]
+    for key in ("accuracy_before_sft", "accuracy_after_sft_merged"):
+        assert 0.0 <= figures[key] <= 1.0
+
+    nodes = lineage(out / "merged" / "model")
+    stages = {n["stage"] for n in nodes if n["kind"] == "run"}
+    assert {"export_merge", "sft", "pt", "tokenizer", "data"} <= stages
+    files = {n["path"] for n in nodes if n["kind"] == "file"}
+    assert str((out / "data" / "raw" / "corpus.jsonl").resolve()) in files
+    assert str((out / "data" / "raw" / "tasks.jsonl").resolve()) in files
+    text = format_lineage(nodes)
+    assert str((out / "data" / "tasks_train.jsonl").resolve()) in text
