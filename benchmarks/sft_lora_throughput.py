@@ -1,6 +1,6 @@
 """LoRA SFT throughput: lmforge vs Hugging Face ``Trainer`` + PEFT, same model, data and schedule.
 
-Run it (about 10 minutes on the 2-core CPU machine):
+Run it (about 10 minutes on the quiet 2-core CPU machine):
 
     make bench
     # or
@@ -316,7 +316,10 @@ def run_hf(work: Path, steps: int) -> dict:
             {"input_ids": list(ids), "attention_mask": [1] * len(ids), "labels": list(labels)}
         )
 
-    set_seed(s["seed"])  # LoRA A matrices are drawn at random when the adapter is added
+    # LoRA A matrices are drawn at random when the adapter is added (loading draws nothing), so
+    # the draw matches lmforge's only if lmforge also seeds torch with train.seed right before
+    # add_lora.
+    set_seed(s["seed"])
     model = AutoModelForCausalLM.from_pretrained(
         str(model_dir), dtype=torch.float32, use_safetensors=True, local_files_only=True
     )
@@ -495,6 +498,12 @@ def window_diffs(lm_losses: list, hf_losses: list) -> dict:
     }
 
 
+def lmforge_revision() -> str | None:
+    from lmforge.artifacts import git_revision
+
+    return git_revision()
+
+
 def machine() -> dict:
     model_name = "unknown"
     try:
@@ -639,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": SETTINGS,
         "data": str(DATA),
         "machine": machine(),
+        "lmforge_git_revision": lmforge_revision(),
         "model": {
             **{k: v for k, v in params.items() if k.startswith(("params", "vocab", "tied"))},
             "params_lora": lora_params,

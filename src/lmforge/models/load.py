@@ -30,6 +30,8 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{key}={name} but no CUDA GPU is visible; use auto or cpu")
     return device
+
+
 TOKENIZER_SUBDIR = "tokenizer"
 
 # Loading a tiny model should not draw progress bars; lmforge draws its own for long work.
@@ -120,10 +122,8 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     return sorted(names)
 
 
-def add_lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
-    """Wrap ``model`` with a PEFT LoRA adapter; unknown target names are a config error."""
-    from peft import LoraConfig, get_peft_model
-
+def lora_targets(model: torch.nn.Module, cfg: AdapterConfig) -> list[str]:
+    """The module names LoRA will adapt; unknown names are a config error."""
     available = linear_module_names(model)
     if cfg.target_modules != "all-linear":
         missing = [t for t in cfg.target_modules if t not in available]
@@ -132,7 +132,14 @@ def add_lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
                 f"adapter.target_modules {missing} not found in the model; "
                 f"linear modules here: {', '.join(available)} (or use all-linear)"
             )
-    targets = available if cfg.target_modules == "all-linear" else list(cfg.target_modules)
+    return available if cfg.target_modules == "all-linear" else list(cfg.target_modules)
+
+
+def add_lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
+    """Wrap ``model`` with a PEFT LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_targets(model, cfg)
     lora = LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,

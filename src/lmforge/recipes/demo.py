@@ -129,7 +129,7 @@ def run(cfg: DemoRecipe) -> Run:
                     f"train.save_every={max(1, cfg.pt_steps // 2)}",
                     "train.log_every=25",
                     f"output_dir={out / 'pt'}",
-            f"track.progress={cfg.progress}",
+                    f"track.progress={cfg.progress}",
                 ],
             )
         )
@@ -166,7 +166,7 @@ def run(cfg: DemoRecipe) -> Run:
                     "train.log_every=25",
                     f"train.eval_every={max(1, cfg.sft_steps // 4)}",
                     f"output_dir={out / 'sft'}",
-            f"track.progress={cfg.progress}",
+                    f"track.progress={cfg.progress}",
                 ],
             )
         )

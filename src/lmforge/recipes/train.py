@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from lmforge.artifacts import Run, recorded
 from lmforge.config import to_dict
 from lmforge.config.recipes import TrainRecipe
@@ -23,6 +25,7 @@ from lmforge.models.load import (
     add_lora,
     build_model,
     load_tokenizer,
+    lora_targets,
     resolve_dir,
     save_pretrained,
 )
@@ -70,12 +73,14 @@ def run(cfg: TrainRecipe, on_step=None) -> Run:
             )
         base_dir = None
         if cfg.adapter.type == "lora":
+            lora_targets(model, cfg.adapter)  # fail on a bad target before writing anything
             # a preset base exists nowhere else: save it (before LoRA wraps it) for later loading
             base_dir = (
                 resolve_dir(cfg.model.path)
                 if cfg.model.path
                 else save_pretrained(model, tokenizer, run.dir / "base")
             )
+            torch.manual_seed(cfg.train.seed)  # LoRA's A matrices are random: same seed, same A
             model = add_lora(model, cfg.adapter)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())

@@ -68,22 +68,33 @@ def collate(rows: list[list[Piece]], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def pack_rows(units: list[Unit], capacity: int) -> list[list[Piece]]:
-    """First-fit-decreasing: units into rows of at most ``capacity`` tokens (a longer unit gets
-    a row of its own). Rows stay short enough that attention cost (O(row^2) on CPU) is bounded
-    by the max length, while leaving little padding."""
-    rows: list[list[Piece]] = []
-    room: list[int] = []
-    for unit in sorted(units, key=unit_tokens, reverse=True):
+    """Units into as few rows of at most ``capacity`` tokens as first-fit-decreasing needs, with
+    the tokens spread evenly over those rows (longest unit first, into the emptiest row that
+    fits), so that padding every row to the longest stays small. A unit longer than
+    ``capacity`` gets a row of its own. Row length is bounded by ``capacity``, which bounds the
+    attention cost (O(row^2) on CPU)."""
+    ordered = sorted(units, key=unit_tokens, reverse=True)
+    free: list[int] = []  # first-fit-decreasing, only to learn how many rows are needed
+    for unit in ordered:
         size = unit_tokens(unit)
-        for r, free in enumerate(room):
-            if size <= free:
-                rows[r].extend(unit)
-                room[r] -= size
+        for r, room in enumerate(free):
+            if size <= room:
+                free[r] -= size
                 break
         else:
-            rows.append(list(unit))
-            room.append(capacity - size)
-    return rows
+            free.append(capacity - size)
+    rows: list[list[Piece]] = [[] for _ in free]
+    load = [0] * len(free)
+    for unit in ordered:
+        size = unit_tokens(unit)
+        fitting = [r for r in range(len(rows)) if load[r] + size <= capacity or load[r] == 0]
+        r = min(fitting, key=load.__getitem__) if fitting else len(rows)
+        if r == len(rows):
+            rows.append([])
+            load.append(0)
+        rows[r].extend(unit)
+        load[r] += size
+    return [row for row in rows if row]
 
 
 def micro_batch(units: list[Unit], pad_id: int, capacity: int | None) -> dict[str, torch.Tensor]:

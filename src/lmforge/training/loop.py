@@ -170,8 +170,10 @@ def train_loop(
     steps_per_epoch = math.ceil(len(train_units) / per_step)
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     ckpt_root = opts.run_dir / "checkpoints"
+    opts.run_dir.mkdir(parents=True, exist_ok=True)
 
-    state = {"tokens": 0, "target_tokens": 0, "elapsed": 0.0}
+    # tokens: real input tokens; slots: tensor positions including padding
+    state = {"tokens": 0, "target_tokens": 0, "slots": 0, "elapsed": 0.0}
     start_step = 0
     if cfg.resume == "never" and checkpoint_dirs(ckpt_root):
         print(f"lmforge: train.resume=never: removing old checkpoints in {ckpt_root}")
@@ -186,7 +188,9 @@ def train_loop(
         torch.manual_seed(cfg.seed)
     log = MetricsLog.open(opts.run_dir, start_step, opts.tensorboard)
     params = [p for p in model.parameters() if p.requires_grad]
-    window = {"loss": 0.0, "targets": 0, "tokens": 0, "seconds": 0.0}
+    empty_window = {"loss": 0.0, "targets": 0, "tokens": 0, "seconds": 0.0}
+    # the logging window is part of the state, so a resumed run logs the same losses
+    window = state.pop("window", None) or dict(empty_window)
     result: dict = {}
     from tqdm.auto import tqdm
 
@@ -243,6 +247,7 @@ def train_loop(
             tokens = sum(unit_tokens(u) for u in chosen)
             seconds = time.perf_counter() - t0
             state["tokens"] += tokens
+            state["slots"] += sum(b["input_ids"].numel() for b in batches)
             state["target_tokens"] += n_targets
             state["elapsed"] += seconds
             window = {
@@ -256,7 +261,7 @@ def train_loop(
             if done % cfg.log_every == 0 or done == total:
                 row = {
                     "step": done,
-                    "epoch": round(step / steps_per_epoch, 4),
+                    "epoch": round(done / steps_per_epoch, 4),
                     "loss": window["loss"] / max(1, window["targets"]),
                     "lr": lr,
                     "grad_norm": grad_norm,
@@ -267,7 +272,7 @@ def train_loop(
                 log.log(row)
                 result["train_loss"] = row["loss"]
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
-                window = {"loss": 0.0, "targets": 0, "tokens": 0, "seconds": 0.0}
+                window = dict(empty_window)
             if val_units and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
                 evals = evaluate_loss(model, val_units, cfg, opts, autocast_dtype)
                 log.log({"step": done, **evals})
@@ -278,7 +283,7 @@ def train_loop(
                     done,
                     model,
                     optimizer,
-                    {**state, "trajectory": opts.trajectory},
+                    {**state, "window": window, "trajectory": opts.trajectory},
                     cfg.keep_last,
                 )
             if opts.on_step is not None:
@@ -292,6 +297,7 @@ def train_loop(
         target_tokens=state["target_tokens"],
         train_seconds=round(state["elapsed"], 3),
         tokens_per_s=state["tokens"] / max(state["elapsed"], 1e-9),
+        padding_fraction=1.0 - state["tokens"] / max(1, state.get("slots", 0)),
     )
     if "train_loss" not in result and log.rows:
         result["train_loss"] = next((r["loss"] for r in reversed(log.rows) if "loss" in r), None)
