@@ -24,6 +24,12 @@ def shared_data(relative: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared():
+    """``shared("llamafactory-demo/x.json")`` -> path in ../shared/data (skips when absent)."""
+    return shared_data
+
+
+@pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> dict[str, Path]:
     """corpus.jsonl (600 docs, en+zh) and tasks.jsonl (60 per task) from the synthetic generator."""
     from lmforge.data.synthetic import write_demo_data
@@ -39,8 +45,11 @@ def tokenizer_dir(demo_data, tmp_path_factory) -> Path:
     from lmforge.recipes.tokenizer import run
 
     out = tmp_path_factory.mktemp("tok")
-    cfg = load_config(TokenizerRecipe, None, [f"data.files=[{demo_data['corpus']}]",
-                                              "tokenizer.vocab_size=1000", f"output_dir={out}"])
+    cfg = load_config(
+        TokenizerRecipe,
+        None,
+        [f"data.files=[{demo_data['corpus']}]", "tokenizer.vocab_size=1000", f"output_dir={out}"],
+    )
     run(cfg)
     return out / "tokenizer"
 
