@@ -57,7 +57,7 @@ def _recipe_help(name: str) -> str:
 def _split_command(argv: list[str]) -> tuple[str, list[str]]:
     if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in RECIPES:
         return f"{argv[0]} {argv[1]}", argv[2:]
-    if argv[0] in RECIPES and argv[0] != "export":
+    if argv[0] in RECIPES:
         return argv[0], argv[1:]
     if argv[0] == "export":
         verbs = [k.split()[1] for k in RECIPES if k.startswith("export ")]

@@ -148,3 +148,16 @@ def test_cli_exit_codes(capsys, argv, code) -> None:
 def test_unknown_command_suggests(capsys) -> None:
     main(["trian"])
     assert "did you mean 'train'?" in capsys.readouterr().err
+
+
+def test_stage_and_data_format_must_agree() -> None:
+    from lmforge.config import load_config
+    from lmforge.config.recipes import TrainRecipe
+    from lmforge.errors import ConfigError
+
+    base = ["model.preset=tiny-llama", "model.tokenizer=tok", "data.train=[a.jsonl]"]
+    with pytest.raises(ConfigError, match="stage pt reads plain text"):
+        load_config(TrainRecipe, None, [*base, "stage=pt", "data.format=alpaca"])
+    with pytest.raises(ConfigError, match="stage sft needs conversations"):
+        load_config(TrainRecipe, None, [*base, "stage=sft", "data.format=text"])
+    assert load_config(TrainRecipe, None, [*base, "stage=pt", "data.format=text"]).stage == "pt"

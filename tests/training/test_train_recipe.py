@@ -222,17 +222,7 @@ def test_sft_rejects_and_counts(tokenizer_dir, demo_data, tmp_path) -> None:
     ]
     data = _write_lines(tmp_path / "tasks.jsonl", lines)
     out = tmp_path / "run"
-    _train(
-        [
-            "stage=sft",
-            "model.preset=tiny-llama",
-            f"model.tokenizer={tokenizer_dir}",
-            f"data.train=[{data}]",
-            "data.max_length=64",
-            "train.max_steps=1",
-            f"output_dir={out}",
-        ]
-    )
+    _train(_sft_args(tokenizer_dir, data, out)[1:])  # without the "train" command
     rejects = sorted(_rejects(out), key=lambda r: r[1])
     assert [line for _, line, _ in rejects] == [4, 8, 9]
     assert all(f == "tasks.jsonl" for f, _, _ in rejects)

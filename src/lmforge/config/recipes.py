@@ -56,6 +56,13 @@ class TrainRecipe(RecipeConfig):
             raise ValueError("a preset model needs model.tokenizer (a tokenizer folder or run)")
         if not self.data.train:
             raise ValueError("data.train must list at least one file")
+        if self.stage == "pt" and self.data.format not in ("auto", "text"):
+            raise ValueError(
+                f"stage pt reads plain text: data.format must be auto or text, "
+                f"not {self.data.format}"
+            )
+        if self.stage == "sft" and self.data.format == "text":
+            raise ValueError("stage sft needs conversations: data.format auto, alpaca or messages")
         return self
 
 

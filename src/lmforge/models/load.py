@@ -150,26 +150,31 @@ def add_lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
     return get_peft_model(model, lora)
 
 
+def adapter_base(adapter_dir: Path) -> Path:
+    """The base model folder recorded in the adapter's ``adapter_config.json``."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    if not config.get("base_model_name_or_path"):
+        raise UserError(f"{adapter_dir} does not record its base model: set the base folder")
+    return resolve_dir(config["base_model_name_or_path"], "base model (from adapter_config.json)")
+
+
 def load_for_inference(cfg: ModelConfig, device: str = "cpu"):
     """(model in eval mode, tokenizer) from a full model folder, optionally with an adapter on top.
 
-    ``cfg.adapter`` may be given without ``cfg.path``: the base is read from the adapter's config.
+    ``cfg.adapter`` may be given without ``cfg.path`` (or ``cfg.path`` may be an adapter): the
+    base is then read from the adapter's config. The tokenizer is ``cfg.tokenizer``, else the
+    adapter's when it ships one (fine-tuning may add tokens), else the base's.
     """
     adapter_dir = resolve_dir(cfg.adapter, "model.adapter") if cfg.adapter else None
-    if adapter_dir is None and cfg.path and is_adapter_dir(resolve_dir(cfg.path)):
-        adapter_dir = resolve_dir(cfg.path)
-        base_path = None
-    else:
-        base_path = cfg.path
+    base_dir = resolve_dir(cfg.path, "model.path") if cfg.path else None
+    if adapter_dir is None and base_dir is not None and is_adapter_dir(base_dir):
+        adapter_dir, base_dir = base_dir, None
     if adapter_dir is not None and not is_adapter_dir(adapter_dir):
         raise UserError(f"{adapter_dir} has no adapter_config.json: not a PEFT adapter")
-    if base_path is None:
+    if base_dir is None:
         if adapter_dir is None:
             raise ConfigError("set model.path (a model folder or run) or model.adapter")
-        base_path = json.loads((adapter_dir / "adapter_config.json").read_text())[
-            "base_model_name_or_path"
-        ]
-    base_dir = resolve_dir(base_path, "base model")
+        base_dir = adapter_base(adapter_dir)
     has_own = adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(cfg.tokenizer or (adapter_dir if has_own else base_dir))
     model = build_model(
@@ -184,11 +189,13 @@ def load_for_inference(cfg: ModelConfig, device: str = "cpu"):
 
 
 def save_pretrained(model, tokenizer, folder: str | Path) -> Path:
-    """Safetensors weights (or the adapter) + tokenizer files, written atomically to ``folder``."""
+    """Safetensors weights (or the adapter; none when ``model`` is None) + tokenizer files,
+    written atomically to ``folder``."""
     from lmforge.artifacts import atomic_dir
 
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        if model is not None:
+            model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
     return folder

@@ -16,8 +16,14 @@ from lmforge.artifacts import Run, find_manifest, recorded
 from lmforge.config import to_dict
 from lmforge.config.recipes import ExportMergeRecipe
 from lmforge.errors import ConfigError, UserError
-from lmforge.export.merge import adapter_base, merge_adapter
-from lmforge.models.load import MODEL_SUBDIR, is_adapter_dir, resolve_dir, save_pretrained
+from lmforge.export.merge import merge_adapter
+from lmforge.models.load import (
+    MODEL_SUBDIR,
+    adapter_base,
+    is_adapter_dir,
+    resolve_dir,
+    save_pretrained,
+)
 
 
 def merge(cfg: ExportMergeRecipe) -> Run:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from lmforge.artifacts import Run, atomic_dir, recorded
+from lmforge.artifacts import Run, recorded
 from lmforge.config import to_dict
 from lmforge.config.recipes import TokenizerRecipe
 from lmforge.data.readers import Rejects, iter_records
 from lmforge.data.schema import RowError, to_text
 from lmforge.errors import DataError
-from lmforge.models.load import TOKENIZER_SUBDIR
+from lmforge.models.load import TOKENIZER_SUBDIR, save_pretrained
 from lmforge.tokenizer.templates import check_eos_template
 from lmforge.tokenizer.train import train_tokenizer
 
@@ -46,7 +46,7 @@ def run(cfg: TokenizerRecipe) -> Run:
         if counts["used"] == 0:
             raise DataError(f"no usable text in {cfg.data.files} ({len(rejects)} rows rejected)")
         check_eos_template(tokenizer)
-        folder = save_pretrained_tokenizer(tokenizer, run.dir / TOKENIZER_SUBDIR)
+        folder = save_pretrained(None, tokenizer, run.dir / TOKENIZER_SUBDIR)
         rejects_path = rejects.write(run.dir / "rejects.jsonl")
         # read = used + rejected: reader-level rejects (bad JSON, bad UTF-8) are rows too
         run.counts.update(
@@ -60,9 +60,3 @@ def run(cfg: TokenizerRecipe) -> Run:
         run.add_output(folder, "tokenizer")
     print(f"lmforge: tokenizer ({len(tokenizer)} tokens) saved to {folder}")
     return run
-
-
-def save_pretrained_tokenizer(tokenizer, folder):
-    with atomic_dir(folder) as tmp:
-        tokenizer.save_pretrained(str(tmp))
-    return folder

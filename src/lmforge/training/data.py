@@ -67,7 +67,7 @@ def encode_pt(records: list[Record], cfg: DataConfig, tokenizer, rejects: Reject
     for record in records:
         out.counts["read"] += 1
         try:
-            text = to_text(record.row, cfg.text_field if cfg.format in ("auto", "text") else "text")
+            text = to_text(record.row, cfg.text_field)
         except RowError as exc:
             rejects.add_record(record, str(exc))
             out.counts["rejected"] += 1
