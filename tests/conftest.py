@@ -23,6 +23,15 @@ def shared_data(relative: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_in_tmp(tmp_path_factory):
+    """The tokenised-data cache (``LMFORGE_CACHE``) goes to a session temp folder, never ~/.cache;
+    subprocesses inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMFORGE_CACHE", str(tmp_path_factory.mktemp("lmforge-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared():
     """``shared("llamafactory-demo/x.json")`` -> path in ../shared/data (skips when absent)."""

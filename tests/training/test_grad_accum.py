@@ -19,6 +19,7 @@ from lmforge.models.load import build_model
 from lmforge.training import loop
 from lmforge.training.collate import micro_batch, unit_targets
 from lmforge.training.data import encode_sft
+from lmforge.training.objective import CausalLMLoss
 
 ANSWERS = [
     "odd",
@@ -93,7 +94,7 @@ def _per_micro_batch_mean_grads(base_model, units, tokenizer) -> dict[str, torch
     model = copy.deepcopy(base_model)
     for start in range(0, 8, 2):
         batch = micro_batch(units[start : start + 2], tokenizer.pad_token_id, CAPACITY)
-        loss, n = loop.token_loss_sum(model, batch, None)
+        loss, n = loop.token_loss_sum(CausalLMLoss(model), batch, None)
         (loss / n / 4).backward()
     return {n: p.grad for n, p in model.named_parameters()}
 

@@ -129,3 +129,49 @@ def test_encode_pt_blocks(tokenizer, demo_data) -> None:
         else:  # cut by a block boundary: still predicts its continuation in the next block
             assert nxt is not None and piece.targets[-1] == nxt.ids[0]
     assert sum(t == IGNORE for p in pieces for t in p.targets) == len(docs)
+
+
+@pytest.mark.parametrize("stage", ["sft", "pt"])
+def test_varlen_row_equals_separate_sequences(model, tokenizer, demo_data, stage) -> None:
+    """One varlen row (every piece of a micro-batch, per-piece attention) gives each piece the
+    logits it gets alone: for SFT-shaped units and for pretraining blocks."""
+    from lmforge.training.attention import supports_varlen, varlen_attention
+    from lmforge.training.collate import varlen_batch
+
+    if stage == "sft":
+        units = [[p] for p in _pieces([7, 13, 1, 30, 4], len(tokenizer), seed=3)]
+    else:
+        import json
+
+        lines = demo_data["corpus"].read_text().splitlines()[:6]
+        records = [Record("c", i, {"text": json.loads(x)["text"]}) for i, x in enumerate(lines)]
+        units = encode_pt(records, DataConfig(max_length=40), tokenizer, Rejects()).units[:4]
+    assert supports_varlen(model)
+    batch = varlen_batch(units)
+    pieces = [p for u in units for p in u]
+    assert batch["input_ids"].shape == (1, sum(len(p) for p in pieces))
+    assert batch["attention"]["cu_seq_lens_q"].tolist()[-1] == batch["input_ids"].shape[1]
+    assert len(pieces) > len(units) or stage == "sft"  # pt blocks hold several documents
+    with torch.no_grad(), varlen_attention(model, torch.device("cpu")):
+        packed = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+            **batch["attention"],
+        ).logits[0]
+        # sensitivity: one boundary-free sequence lets later pieces see earlier ones
+        whole = torch.tensor([0, batch["input_ids"].shape[1]], dtype=torch.int32)
+        leaky = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+            cu_seq_lens_q=whole,
+        ).logits[0]
+    assert model.config._attn_implementation == "sdpa"  # switched back afterwards
+    start = 0
+    for piece in pieces:
+        torch.testing.assert_close(
+            packed[start : start + len(piece)], _alone(model, piece), atol=1e-5, rtol=0
+        )
+        start += len(piece)
+    assert (leaky - packed).abs().max() > 1e-3

@@ -3,11 +3,16 @@
 8 optimizer steps over 2 epochs of 4 steps, shuffled; a checkpoint every 3 steps; the first
 attempt dies after step 5, so steps 4-5 are lost and redone, and the resumed run crosses the
 epoch boundary (step 4 -> 5) again.
+
+Below that, the checkpoint component on a two-layer toy model: checksums, keep-last-N, falling
+back past a corrupt checkpoint, loading all or nothing, and metrics.jsonl cut short by a kill.
+(Real processes killed with SIGKILL: test_kill_resume.py.)
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +21,18 @@ from safetensors.torch import load_file
 
 from lmforge.config import load_config
 from lmforge.config.recipes import TrainRecipe
+from lmforge.errors import ConfigError, UserError
 from lmforge.recipes.train import run
+from lmforge.training.checkpoint import (
+    CHECKSUMS,
+    CorruptCheckpoint,
+    check_data_position,
+    checkpoint_dirs,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+)
+from lmforge.training.loop import MetricsLog
 
 
 class Killed(Exception):
@@ -131,3 +147,155 @@ def test_killed_and_resumed_run_matches_uninterrupted(
     assert final.keys() == reference.keys()
     for name, tensor in reference.items():
         torch.testing.assert_close(final[name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
+# --------------------------------------------------------------------------- checkpoint component
+def _toy(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Two linear layers and an AdamW that has taken one step (so it has state to save)."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(5, 4)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def _snapshot(model, optimizer) -> tuple[dict, dict]:
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    moments = {
+        i: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+        for i, s in optimizer.state_dict()["state"].items()
+    }
+    return weights, moments
+
+
+def _assert_same(got: tuple[dict, dict], want: tuple[dict, dict]) -> None:
+    (weights, moments), (want_weights, want_moments) = got, want
+    assert weights.keys() == want_weights.keys()
+    assert all(torch.equal(weights[n], want_weights[n]) for n in weights)
+    assert moments.keys() == want_moments.keys()
+    for i, state in moments.items():
+        assert all(
+            torch.equal(torch.as_tensor(v), torch.as_tensor(want_moments[i][k]))
+            for k, v in state.items()
+        )
+
+
+def _save_steps(root: Path, steps, keep_last: int = 5) -> dict[int, tuple[dict, dict]]:
+    """Checkpoints of ``_toy(step)`` at each step; returns what each one holds."""
+    held = {}
+    for step in steps:
+        model, optimizer = _toy(step)
+        save_checkpoint(
+            root, step, model, optimizer, {"tokens": step, "steps_per_epoch": 4}, keep_last
+        )
+        held[step] = _snapshot(model, optimizer)
+    return held
+
+
+def test_checkpoint_has_checksums_and_data_position(tmp_path):
+    folder = save_checkpoint(tmp_path, 6, *_toy(0), {"steps_per_epoch": 4}, keep_last=2)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [CHECKSUMS, "optimizer.pt", "rng.pt", "state.json", "trainable.safetensors"]
+    )
+    sums = json.loads((folder / CHECKSUMS).read_text())
+    assert sorted(sums) == ["optimizer.pt", "rng.pt", "state.json", "trainable.safetensors"]
+    assert all(len(v) == 64 for v in sums.values())  # sha256 hex
+    state = json.loads((folder / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["position"]) == (6, 1, 2)
+
+    check_data_position(dict(state), 6, 4, folder)  # the same order: fine
+    with pytest.raises(ConfigError, match="the data or batch size changed"):
+        check_data_position(dict(state), 6, 3, folder)
+
+
+def test_keep_last_keeps_exactly_n_and_clears_leftovers_of_a_killed_save(tmp_path):
+    leftover = tmp_path / ".step-000002.tmp-deadbeef"  # what SIGKILL inside atomic_dir leaves
+    leftover.mkdir(parents=True)
+    (leftover / "trainable.safetensors").write_bytes(b"half")
+    _save_steps(tmp_path, range(1, 7), keep_last=3)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == [f"step-00000{i}" for i in (4, 5, 6)]
+    assert sorted(os.listdir(tmp_path)) == ["step-000004", "step-000005", "step-000006"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("flip trainable.safetensors", "trainable.safetensors does not match its checksum"),
+        ("truncate optimizer.pt", "optimizer.pt does not match its checksum"),
+        ("delete rng.pt", "rng.pt is missing"),
+        ("delete checksums.json", "checksums.json unreadable"),
+    ],
+)
+def test_auto_resume_falls_back_past_a_corrupt_checkpoint(tmp_path, capsys, damage, reason):
+    held = _save_steps(tmp_path, [1, 2, 3])
+    _damage(tmp_path / "step-000003", damage)
+    model, optimizer = _toy(99)
+
+    state, folder = restore("auto", tmp_path, model, optimizer)
+
+    assert folder.name == "step-000002" and state["step"] == 2 and state["tokens"] == 2
+    _assert_same(_snapshot(model, optimizer), held[2])
+    err = capsys.readouterr().err
+    assert err.startswith(f"lmforge: warning: checkpoint {tmp_path / 'step-000003'} is corrupt (")
+    assert reason in err and err.rstrip().endswith(f"falling back to {tmp_path / 'step-000002'}")
+
+
+def test_every_checkpoint_corrupt_is_an_error_naming_them(tmp_path, capsys):
+    _save_steps(tmp_path, [1, 2])
+    _damage(tmp_path / "step-000002", "flip trainable.safetensors")
+    _damage(tmp_path / "step-000001", "truncate optimizer.pt")
+    model, optimizer = _toy(99)
+    before = _snapshot(model, optimizer)
+
+    with pytest.raises(UserError) as caught:
+        restore("auto", tmp_path, model, optimizer)
+
+    message = str(caught.value)
+    assert "step-000001" in message and "step-000002" in message
+    assert "train.resume=never" in message
+    assert "falling back to" in capsys.readouterr().err  # 2 -> 1 was tried first
+    _assert_same(_snapshot(model, optimizer), before)  # nothing half-loaded
+
+
+def test_an_explicit_corrupt_checkpoint_is_an_error_not_a_fallback(tmp_path):
+    _save_steps(tmp_path, [1, 2])
+    _damage(tmp_path / "step-000002", "truncate optimizer.pt")
+    model, optimizer = _toy(99)
+    before = _snapshot(model, optimizer)
+    with pytest.raises(CorruptCheckpoint, match="optimizer.pt does not match its checksum"):
+        restore(str(tmp_path / "step-000002"), tmp_path, model, optimizer)
+    _assert_same(_snapshot(model, optimizer), before)
+    assert restore("never", tmp_path, model, optimizer) is None
+
+
+def test_a_checkpoint_of_another_model_changes_nothing(tmp_path):
+    save_checkpoint(tmp_path, 1, *_toy(0), {}, keep_last=2)
+    torch.manual_seed(0)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 3))  # last layer differs
+    optimizer = torch.optim.AdamW(other.parameters(), lr=0.1)
+    before = _snapshot(other, optimizer)
+    with pytest.raises(UserError, match="does not match the model"):
+        load_checkpoint(tmp_path / "step-000001", other, optimizer)
+    _assert_same(_snapshot(other, optimizer), before)  # the first layer fits, yet was not copied
+
+
+def test_metrics_log_drops_a_line_cut_short_by_a_kill(tmp_path):
+    rows = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 4, "lo')
+    MetricsLog.open(tmp_path, resume_step=3, tensorboard="off").log({"step": 4, "loss": 0.25})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+
+
+def _damage(folder: Path, how: str) -> None:
+    verb, name = how.split()
+    path = folder / name
+    if verb == "delete":
+        path.unlink()
+    elif verb == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:  # flip the last bytes (tensor data): still a well-formed file, only the checksum tells
+        data = bytearray(path.read_bytes())
+        data[-4:] = bytes(b ^ 0xFF for b in data[-4:])
+        path.write_bytes(bytes(data))

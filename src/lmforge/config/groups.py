@@ -53,6 +53,18 @@ class DataConfig(Group):
     max_examples: int | None = Field(
         None, gt=0, description="use at most this many training examples (after reading)"
     )
+    cache: bool = Field(
+        True, description="reuse tokenised data cached on disk (keyed by data, tokenizer, settings)"
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="cache root (holds tokenized/<key>/); null: $LMFORGE_CACHE or ~/.cache/lmforge",
+    )
+    cache_shard_tokens: int = Field(
+        1 << 24,
+        gt=0,
+        description="tokens per cache shard file; bounds memory while writing (16M: ~128 MB)",
+    )
 
 
 class AdapterConfig(Group):

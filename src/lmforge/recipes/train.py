@@ -6,6 +6,8 @@
 Run directory: ``model/`` (full weights, or the LoRA adapter + ``base/`` when the base was a
 preset), ``checkpoints/step-N/``, ``metrics.jsonl``, ``tensorboard/``, ``rejects.jsonl``,
 ``manifest.json``. ``train.resume=auto`` (default) continues from the latest checkpoint.
+Tokenised data is cached (``data.cache``, see ``lmforge.training.data``); the manifest's
+``counts.data_cache`` says which cache folder was used and whether it was hit.
 """
 
 from __future__ import annotations
@@ -53,14 +55,22 @@ def run(cfg: TrainRecipe, on_step=None) -> Run:
         if cfg.stage == "sft":
             check_eos_template(tokenizer)
         rejects = Rejects()
-        train, val = load_stage_data(cfg.stage, cfg.data, tokenizer, rejects, cfg.train.seed)
-        rejects_path = rejects.write(run.dir / "rejects.jsonl")
+        known = {i["path"]: i["fingerprint"] for i in run.inputs}  # no second hash of the data
+        try:
+            train, val = load_stage_data(
+                cfg.stage, cfg.data, tokenizer, rejects, cfg.train.seed, known, cfg.track.progress
+            )
+        finally:  # also when no row was usable: the error points at this file
+            rejects_path = rejects.write(run.dir / "rejects.jsonl")
+        if train.cache.get("hit"):
+            print(f"lmforge: tokenised data from the cache {train.cache['path']}")
         run.counts.update(
             train=train.counts,
             validation=val.counts,
             train_units=len(train.units),
             validation_units=len(val.units),
             rejects_file=str(rejects_path),
+            data_cache=train.cache,
         )
         run.save()
 
@@ -115,6 +125,7 @@ def run(cfg: TrainRecipe, on_step=None) -> Run:
 
 # Keys that change logging, checkpointing or placement but not the weights a run produces.
 _NOT_TRAJECTORY = {"output_dir", "force", "track"}
+_NOT_TRAJECTORY_DATA = {"cache", "cache_dir", "cache_shard_tokens"}  # same units either way
 _NOT_TRAJECTORY_TRAIN = {
     "log_every",
     "eval_every",
@@ -130,6 +141,7 @@ def trajectory(run: Run) -> dict:
     """What a checkpoint must agree on to be resumed: config (minus I/O keys) + input contents."""
     config = {k: v for k, v in run.config.items() if k not in _NOT_TRAJECTORY}
     config["train"] = {k: v for k, v in config["train"].items() if k not in _NOT_TRAJECTORY_TRAIN}
+    config["data"] = {k: v for k, v in config["data"].items() if k not in _NOT_TRAJECTORY_DATA}
     return {"config": config, "inputs": {i["path"]: i["fingerprint"] for i in run.inputs}}
 
 

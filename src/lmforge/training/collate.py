@@ -8,11 +8,17 @@ pretraining block (pieces of consecutive documents). A micro-batch becomes tenso
 - ``position_ids`` ``(rows, L)`` long, restarting at 0 at every piece
 - ``targets``      ``(rows, L)`` long, ``-100`` on padding and on unlearned tokens
 
-Attention never crosses a piece: the model is called with ``position_ids``, no attention mask
-and ``use_cache=False``, and transformers (5.x ``masking_utils.find_packed_sequence_indices``)
-turns restarting positions into a block-diagonal causal mask (varlen kernels on flash
-attention). Padding, when a row is shorter than the longest, gets its own restarting positions,
-so real tokens never attend to it.
+Two packed layouts keep attention inside each piece:
+
+- **varlen** (the default where the model supports it, see ``attention``): the whole micro-batch
+  is one row with no padding at all, plus ``cu_seq_lens`` (cumulative piece starts) that the
+  attention function uses to attend per piece. Row length does not matter: attention costs
+  Σ len², not row².
+- **rows**: pieces packed into rows of at most ``capacity`` tokens; the model is called with
+  ``position_ids``, no attention mask and ``use_cache=False``, and transformers (5.x
+  ``masking_utils.find_packed_sequence_indices``) turns restarting positions into a dense
+  block-diagonal causal mask (O(row²), hence the capacity). Padding, when a row is shorter than
+  the longest, gets its own restarting positions, so real tokens never attend to it.
 """
 
 from __future__ import annotations
@@ -97,7 +103,27 @@ def pack_rows(units: list[Unit], capacity: int) -> list[list[Piece]]:
     return [row for row in rows if row]
 
 
-def micro_batch(units: list[Unit], pad_id: int, capacity: int | None) -> dict[str, torch.Tensor]:
-    """Packed rows of at most ``capacity`` tokens, or one padded row per unit when ``None``."""
+def varlen_batch(units: list[Unit]) -> dict:
+    """One row holding every piece, and the ``attention`` kwargs that keep pieces apart."""
+    pieces = [p for u in units for p in u if len(p)]
+    batch = collate([pieces], pad_id=0)
+    lengths = torch.tensor([len(p) for p in pieces], dtype=torch.int32)
+    cu = torch.zeros(len(pieces) + 1, dtype=torch.int32)
+    torch.cumsum(lengths, 0, out=cu[1:])
+    longest = int(lengths.max())
+    batch["attention"] = {
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
+    return batch
+
+
+def micro_batch(units: list[Unit], pad_id: int, capacity: int | None, varlen: bool = False) -> dict:
+    """One varlen row; else packed rows of at most ``capacity`` tokens, or one padded row per
+    unit when ``capacity`` is ``None``."""
+    if varlen:
+        return varlen_batch(units)
     rows = pack_rows(units, capacity) if capacity else [list(u) for u in units]
     return collate(rows, pad_id)

@@ -1,120 +1,318 @@
 """Turn training files into units (see ``collate``) for stage ``pt`` or ``sft``, with counts.
 
 Counts add up: ``read = used + rejected``; ``truncated`` counts used SFT examples cut to
-``max_length``. Rejected rows go to the ``Rejects`` collector with file, line and reason.
+``max_length``. Rejected rows go to the ``Rejects`` collector with file, line and reason, in
+file order.
+
+Encoding streams: records are read one at a time and an encoder (:func:`pt_pieces`,
+:func:`sft_pieces`) yields ``(piece, ends_unit)`` into a *sink*: a list in memory
+(``data.cache=false``; :func:`encode_pt`, :func:`encode_sft`) or the shard writer of the
+tokenised-data cache (``data.cache=true``, the default; see ``lmforge.training.cache``). Both
+receive the same pieces, so a cached run trains on exactly the units an uncached one would.
+With the cache a pretraining corpus never has to fit in memory: it is written a shard at a time
+and read back memory-mapped, one unit when the loop asks for it.
+
+The cache key (:func:`cache_key_parts`) holds everything the units depend on: the content
+fingerprints of the data files, the tokenizer's content, the stage, every ``data`` setting
+except paths, cache placement and ``max_examples`` (applied after the cache, so runs that use
+fewer examples share an entry), the split seed when validation is carved out of train, and
+:data:`ENCODER_VERSION`.
 """
 
 from __future__ import annotations
 
-import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
 
+import numpy as np
+
+from lmforge.artifacts import fingerprint
 from lmforge.config.groups import DataConfig
-from lmforge.data.readers import Record, Rejects, iter_records
+from lmforge.data.readers import Record, Rejects, check_files, iter_records
 from lmforge.data.schema import RowError, to_messages, to_text
 from lmforge.errors import DataError
-from lmforge.training.collate import IGNORE, Piece, Unit
+from lmforge.training.cache import (
+    Sink,
+    TokenizedUnits,
+    cache_root,
+    entry_folder,
+    load_or_write,
+    tokenizer_fingerprint,
+)
+from lmforge.training.collate import IGNORE, Piece, Unit, unit_targets
 from lmforge.training.sft import encode_messages_full
+
+# Bump when pt_pieces, sft_pieces, sft.encode_messages_full or the split change their output:
+# it is part of the cache key, so entries written by the old code are no longer used.
+ENCODER_VERSION = 1
+SPLITS = ("train", "validation")
+_TOKENIZE_BATCH = 256  # documents per tokenizer call (fast tokenizers batch in Rust)
+# DataConfig fields that do not change the units: the paths (their contents are hashed
+# instead), where the cache lives, and max_examples (applied after the cache)
+_NOT_IN_KEY = {"train", "validation", "cache", "cache_dir", "cache_shard_tokens", "max_examples"}
 
 
 @dataclass
 class Encoded:
-    units: list[Unit] = field(default_factory=list)
+    units: Sequence[Unit] = field(default_factory=list)  # a list, or TokenizedUnits (cached)
     counts: dict[str, int] = field(default_factory=dict)
+    # {"enabled": bool, "hit": bool, "path": entry folder} when data.cache is on
+    cache: dict = field(default_factory=lambda: {"enabled": False})
 
 
-def split_records(records: list[Record], ratio: float, seed: int) -> tuple[list, list]:
-    """Hold out ``ratio`` of the rows (seeded), before encoding, so no document straddles."""
-    if ratio <= 0:
-        return records, []
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(records) * ratio))
-    val = set(order[:n_val])
-    return (
-        [r for i, r in enumerate(records) if i not in val],
-        [r for i, r in enumerate(records) if i in val],
-    )
+def _new_counts() -> dict[str, int]:
+    return {"read": 0, "used": 0, "rejected": 0, "truncated": 0}
 
 
-def encode_sft(records: list[Record], cfg: DataConfig, tokenizer, rejects: Rejects) -> Encoded:
-    out = Encoded(counts={"read": 0, "used": 0, "rejected": 0, "truncated": 0})
+class UnitList:
+    """A sink that keeps the units in memory as a list."""
+
+    def __init__(self) -> None:
+        self.units: list[Unit] = []
+        self._open: Unit = []
+
+    def add(self, piece: Piece, ends_unit: bool) -> None:
+        self._open.append(piece)
+        if ends_unit:
+            self.close()
+
+    def close(self) -> None:
+        if self._open:
+            self.units.append(self._open)
+            self._open = []
+
+
+# --------------------------------------------------------------------------- encoders
+Pieces = Iterator[tuple[Piece, bool]]
+
+
+def sft_pieces(
+    records: Iterable[Record], cfg: DataConfig, tokenizer, rejects: Rejects, counts: dict
+) -> Pieces:
+    """One piece (= one unit) per usable conversation; ``counts`` are updated as rows go by."""
     for record in records:
-        out.counts["read"] += 1
+        counts["read"] += 1
         try:
             messages = to_messages(record.row, cfg.format)
             ids, labels, truncated = encode_messages_full(tokenizer, messages, cfg.max_length)
         except RowError as exc:
             rejects.add_record(record, str(exc))
-            out.counts["rejected"] += 1
+            counts["rejected"] += 1
             continue
-        out.counts["used"] += 1
-        out.counts["truncated"] += int(truncated)
-        out.units.append([Piece.from_labels(ids, labels)])
-    return out
+        counts["used"] += 1
+        counts["truncated"] += int(truncated)
+        yield Piece.from_labels(ids, labels), True
 
 
-def encode_pt(records: list[Record], cfg: DataConfig, tokenizer, rejects: Rejects) -> Encoded:
+def pt_pieces(
+    records: Iterable[Record], cfg: DataConfig, tokenizer, rejects: Rejects, counts: dict
+) -> Pieces:
     """Documents + EOS, concatenated in order and cut into blocks of ``max_length`` tokens.
 
     A document cut by a block boundary continues in the next block as a new piece (positions
-    restart); the last token before the cut still predicts the first token after it.
+    restart); the last token before the cut still predicts the first token after it. A piece
+    that fills its block comes with ``ends_unit=True``; the last block may be shorter.
     """
-    out = Encoded(counts={"read": 0, "used": 0, "rejected": 0, "truncated": 0})
     eos = tokenizer.eos_token_id
-    block: Unit = []
     room = cfg.max_length
-    for record in records:
-        out.counts["read"] += 1
-        try:
-            text = to_text(record.row, cfg.text_field)
-        except RowError as exc:
-            rejects.add_record(record, str(exc))
-            out.counts["rejected"] += 1
+    records = iter(records)
+    while batch := list(islice(records, _TOKENIZE_BATCH)):
+        texts = []
+        for record in batch:
+            counts["read"] += 1
+            try:
+                texts.append(to_text(record.row, cfg.text_field))
+            except RowError as exc:
+                rejects.add_record(record, str(exc))
+                counts["rejected"] += 1
+        if not texts:
             continue
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
-        targets = ids[1:] + [IGNORE]
-        out.counts["used"] += 1
-        start = 0
-        while start < len(ids):
-            take = min(room, len(ids) - start)
-            block.append(Piece(ids[start : start + take], targets[start : start + take]))
-            start += take
-            room -= take
-            if room == 0:
-                out.units.append(block)
-                block, room = [], cfg.max_length
-    if block:
-        out.units.append(block)
+        for doc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            ids = doc + [eos]
+            targets = ids[1:] + [IGNORE]
+            counts["used"] += 1
+            start = 0
+            while start < len(ids):
+                take = min(room, len(ids) - start)
+                room -= take
+                yield Piece(ids[start : start + take], targets[start : start + take]), room == 0
+                start += take
+                if room == 0:
+                    room = cfg.max_length
+
+
+def _collect(pieces: Pieces, counts: dict) -> Encoded:
+    sink = UnitList()
+    for piece, ends_unit in pieces:
+        sink.add(piece, ends_unit)
+    sink.close()
+    return Encoded(sink.units, counts)
+
+
+def encode_sft(records: list[Record], cfg: DataConfig, tokenizer, rejects: Rejects) -> Encoded:
+    counts = _new_counts()
+    return _collect(sft_pieces(records, cfg, tokenizer, rejects, counts), counts)
+
+
+def encode_pt(records: list[Record], cfg: DataConfig, tokenizer, rejects: Rejects) -> Encoded:
+    """Pretraining blocks in memory; see :func:`pt_pieces`."""
+    counts = _new_counts()
+    return _collect(pt_pieces(records, cfg, tokenizer, rejects, counts), counts)
+
+
+# --------------------------------------------------------------------------- splits
+def held_out(n: int, ratio: float, seed: int) -> np.ndarray:
+    """Boolean mask over ``n`` rows: the seeded ``ratio`` (at least one row) held out for
+    validation, chosen before encoding so no document straddles. ``n`` bytes of memory."""
+    mask = np.zeros(n, dtype=bool)
+    if ratio > 0 and n > 0:
+        n_val = max(1, round(n * ratio))
+        mask[np.random.default_rng(seed).permutation(n)[:n_val]] = True
+    return mask
+
+
+RecordSource = Callable[[Rejects], Iterator[Record]]
+
+
+def split_sources(cfg: DataConfig, seed: int) -> dict[str, RecordSource]:
+    """For each split, a function that streams its records (reader rejects to the argument).
+
+    Carving validation out of train reads the train files three times (count, train,
+    validation) instead of holding them in memory; only the train pass reports reader rejects.
+    """
+    if cfg.validation:
+        return {
+            "train": lambda rej: iter_records(cfg.train, rej),
+            "validation": lambda rej: iter_records(cfg.validation, rej),
+        }
+    if cfg.val_ratio <= 0:
+        return {
+            "train": lambda rej: iter_records(cfg.train, rej),
+            "validation": lambda rej: iter(()),
+        }
+    mask = held_out(sum(1 for _ in iter_records(cfg.train, Rejects())), cfg.val_ratio, seed)
+
+    def train(rej: Rejects) -> Iterator[Record]:
+        return (r for i, r in enumerate(iter_records(cfg.train, rej)) if not mask[i])
+
+    def validation(rej: Rejects) -> Iterator[Record]:
+        return (r for i, r in enumerate(iter_records(cfg.train, Rejects())) if mask[i])
+
+    return {"train": train, "validation": validation}
+
+
+def encode_splits(
+    stage: str,
+    cfg: DataConfig,
+    tokenizer,
+    rejects: Rejects,
+    seed: int,
+    sink_for: Callable[[str], Sink],
+    progress: bool = False,
+) -> dict[str, dict[str, int]]:
+    """Encode train then validation into ``sink_for(split)``; return the counts per split."""
+    from tqdm.auto import tqdm
+
+    pieces = pt_pieces if stage == "pt" else sft_pieces
+    out = {}
+    for split, source in split_sources(cfg, seed).items():
+        counts, sink, before = _new_counts(), sink_for(split), len(rejects)
+        rows = tqdm(source(rejects), desc=f"tokenising {split}", unit=" rows", disable=not progress)
+        for piece, ends_unit in pieces(rows, cfg, tokenizer, rejects, counts):
+            sink.add(piece, ends_unit)
+        sink.close()
+        # rows the reader could not parse (bad JSON, bad UTF-8) are read-and-rejected too
+        unreadable = len(rejects) - before - counts["rejected"]
+        counts["read"] += unreadable
+        counts["rejected"] += unreadable
+        out[split] = counts
     return out
 
 
+# --------------------------------------------------------------------------- entry point
+def cache_key_parts(
+    stage: str, cfg: DataConfig, tokenizer, seed: int, fingerprints: dict | None = None
+) -> dict:
+    """What the units depend on. ``fingerprints`` (resolved path -> fingerprint, e.g. from the
+    run manifest's inputs) saves hashing a large corpus twice."""
+    known = fingerprints or {}
+
+    def content(path: str) -> str:
+        return known.get(str(Path(path).resolve())) or fingerprint(path)
+
+    carved = not cfg.validation and cfg.val_ratio > 0
+    return {
+        "encoder": ENCODER_VERSION,
+        "stage": stage,
+        "train": [content(p) for p in cfg.train],
+        "validation": [content(p) for p in cfg.validation],
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "settings": cfg.model_dump(exclude=_NOT_IN_KEY),
+        "split_seed": seed if carved else None,
+    }
+
+
 def load_stage_data(
-    stage: str, cfg: DataConfig, tokenizer, rejects: Rejects, seed: int
+    stage: str,
+    cfg: DataConfig,
+    tokenizer,
+    rejects: Rejects,
+    seed: int,
+    fingerprints: dict | None = None,
+    progress: bool = False,
 ) -> tuple[Encoded, Encoded]:
-    """(train, validation) units; validation from ``cfg.validation`` or ``cfg.val_ratio``."""
-    encode = encode_pt if stage == "pt" else encode_sft
-    train_records = list(iter_records(cfg.train, rejects))
-    reader_rejects = len(rejects)
-    val_records = list(iter_records(cfg.validation, rejects)) if cfg.validation else []
-    val_reader_rejects = len(rejects) - reader_rejects
-    if not cfg.validation:
-        train_records, val_records = split_records(train_records, cfg.val_ratio, seed)
-    train = encode(train_records, cfg, tokenizer, rejects)
-    # rows the reader could not parse (bad JSON, bad UTF-8) are read-and-rejected too
-    train.counts["read"] += reader_rejects
-    train.counts["rejected"] += reader_rejects
+    """(train, validation) units; validation from ``cfg.validation`` or ``cfg.val_ratio``.
+
+    With ``cfg.cache`` the units come from (or are first written to) the tokenised-data cache
+    and are :class:`~lmforge.training.cache.TokenizedUnits`; ``Encoded.cache`` says whether the
+    cache was hit. Counts and rejects are the same either way.
+    """
+    sources = [str(p) for p in check_files([*cfg.train, *cfg.validation])]
+    if cfg.cache:
+        train, val = _load_cached(
+            stage, cfg, tokenizer, rejects, seed, sources, fingerprints, progress
+        )
+    else:
+        sinks: dict[str, UnitList] = {}
+
+        def sink_for(split: str) -> UnitList:
+            return sinks.setdefault(split, UnitList())
+
+        counts = encode_splits(stage, cfg, tokenizer, rejects, seed, sink_for, progress)
+        train, val = (Encoded(sinks[s].units, counts[s]) for s in SPLITS)
     if cfg.max_examples is not None and len(train.units) > cfg.max_examples:
         train.counts["unused_over_max_examples"] = len(train.units) - cfg.max_examples
-        train.units = train.units[: cfg.max_examples]
-    val = encode(val_records, cfg, tokenizer, rejects)
-    val.counts["read"] += val_reader_rejects
-    val.counts["rejected"] += val_reader_rejects
+        train.units = _first(train.units, cfg.max_examples)
     if not train.units:
         raise DataError(
             f"no usable training rows in {cfg.train}: {train.counts['rejected']} rejected "
             "(see rejects.jsonl in the run directory for the reasons)"
         )
-    if sum(1 for u in train.units for p in u for t in p.targets if t != IGNORE) == 0:
+    if _target_tokens(train.units) == 0:
         raise DataError("the training data has no target tokens to learn from")
     return train, val
+
+
+def _load_cached(stage, cfg, tokenizer, rejects, seed, sources, fingerprints, progress):
+    parts = cache_key_parts(stage, cfg, tokenizer, seed, fingerprints)
+    folder = entry_folder(cache_root(cfg.cache_dir), parts)
+
+    def encode(sink_for, fresh: Rejects) -> dict:
+        return encode_splits(stage, cfg, tokenizer, fresh, seed, sink_for, progress)
+
+    entry, hit = load_or_write(folder, sources, cfg.cache_shard_tokens, encode, parts)
+    rejects.items.extend(entry.rejects)
+    info = {"enabled": True, "hit": hit, "path": str(folder)}
+    return (Encoded(entry.units[s], dict(entry.counts[s]), dict(info)) for s in SPLITS)
+
+
+def _first(units: Sequence[Unit], n: int) -> Sequence[Unit]:
+    return units.head(n) if isinstance(units, TokenizedUnits) else units[:n]
+
+
+def _target_tokens(units: Sequence[Unit]) -> int:
+    if isinstance(units, TokenizedUnits):
+        return units.target_tokens()
+    return sum(unit_targets(u) for u in units)

@@ -18,13 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lmforge.config.groups import TrainConfig
 from lmforge.errors import ConfigError, MissingDependency, RunFailed
 from lmforge.models.load import resolve_device
-from lmforge.training.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from lmforge.training.attention import supports_varlen, varlen_attention
+from lmforge.training.checkpoint import (
+    check_data_position,
+    checkpoint_dirs,
+    restore,
+    save_checkpoint,
+)
 from lmforge.training.collate import IGNORE, Unit, micro_batch, unit_tokens
+from lmforge.training.objective import CausalLMLoss
 from lmforge.training.optim import build_optimizer, lr_at
 
 
@@ -50,6 +56,9 @@ class LoopOptions:
     run_dir: Path
     pad_id: int
     pack_capacity: int | None = None  # tokens per packed row; None: one padded row per unit
+    # one row per micro-batch with per-sequence attention, where the model supports it
+    # (see ``attention``); else the ``pack_capacity`` rows
+    varlen: bool = True
     progress: bool = True
     tensorboard: str = "auto"
     on_step: Callable[[int], None] | None = None  # called after each optimizer step (tests)
@@ -73,7 +82,7 @@ class MetricsLog:
             kept = [
                 ln
                 for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= resume_step
+                if (row := _parse_row(ln)) is not None and row.get("step", 0) <= resume_step
             ]
             path.write_text("".join(ln + "\n" for ln in kept))
         writer = None
@@ -111,44 +120,51 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
 
 
 def token_loss_sum(
-    model, batch: dict[str, torch.Tensor], autocast_dtype
+    objective: CausalLMLoss, batch: dict, autocast_dtype
 ) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over target tokens, and how many there were."""
-    device = next(model.parameters()).device
+    device = next(objective.parameters()).device
     ctx = (
         torch.autocast(device.type, dtype=autocast_dtype)
         if autocast_dtype
         else contextlib.nullcontext()
     )
+    attention = {
+        k: v.to(device) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.get("attention", {}).items()
+    }
     with ctx:
-        logits = model(
-            input_ids=batch["input_ids"].to(device),
-            position_ids=batch["position_ids"].to(device),
-            use_cache=False,
-        ).logits
-    targets = batch["targets"].to(device)
-    loss = F.cross_entropy(
-        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
-    )
-    return loss, int((targets != IGNORE).sum())
+        return objective(
+            batch["input_ids"].to(device),
+            batch["position_ids"].to(device),
+            batch["targets"].to(device),
+            **attention,
+        )
 
 
 @torch.no_grad()
 def evaluate_loss(
-    model, units: list[Unit], cfg: TrainConfig, opts: LoopOptions, autocast_dtype
+    objective: CausalLMLoss,
+    units: list[Unit],
+    cfg: TrainConfig,
+    opts: LoopOptions,
+    autocast_dtype,
+    varlen: bool,
 ) -> dict[str, float]:
-    was_training = model.training
-    model.eval()
+    was_training = objective.training
+    objective.eval()
     total, count = 0.0, 0
     batches = range(0, len(units), cfg.batch_size)
     for i, start in enumerate(batches):
         if cfg.eval_batches and i >= cfg.eval_batches:
             break
-        batch = micro_batch(units[start : start + cfg.batch_size], opts.pad_id, opts.pack_capacity)
-        loss, n = token_loss_sum(model, batch, autocast_dtype)
+        batch = micro_batch(
+            units[start : start + cfg.batch_size], opts.pad_id, opts.pack_capacity, varlen
+        )
+        loss, n = token_loss_sum(objective, batch, autocast_dtype)
         total += float(loss)
         count += n
-    model.train(was_training)
+    objective.train(was_training)
     mean = total / max(1, count)
     return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0)), "eval_tokens": count}
 
@@ -164,6 +180,8 @@ def train_loop(
     device = resolve_device(cfg.device, "train.device")
     autocast_dtype = resolve_precision(cfg.precision, device)
     model.to(device)
+    objective = CausalLMLoss(model)
+    varlen = opts.varlen and supports_varlen(model)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     per_step = cfg.batch_size * cfg.grad_accum
@@ -178,11 +196,13 @@ def train_loop(
     if cfg.resume == "never" and checkpoint_dirs(ckpt_root):
         print(f"lmforge: train.resume=never: removing old checkpoints in {ckpt_root}")
         shutil.rmtree(ckpt_root)
-    resume_from = _resume_dir(cfg.resume, ckpt_root)
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer)
+    state["steps_per_epoch"] = steps_per_epoch  # each checkpoint records its data position
+    restored = restore(cfg.resume, ckpt_root, model, optimizer)
+    if restored is not None:
+        state, resume_from = restored
         start_step = state.pop("step")
         _check_same_trajectory(state.pop("trajectory", {}), opts.trajectory, resume_from)
+        check_data_position(state, start_step, steps_per_epoch, resume_from)
         print(f"lmforge: resuming from {resume_from} (step {start_step} of {total})")
     else:
         torch.manual_seed(cfg.seed)
@@ -199,7 +219,10 @@ def train_loop(
     )
     order: list[int] = []
     order_epoch = -1
-    model.train()
+    objective.train()
+    switched = contextlib.ExitStack()
+    if varlen:
+        switched.enter_context(varlen_attention(model, device))
     try:
         for step in range(start_step, total):
             t0 = time.perf_counter()
@@ -213,7 +236,7 @@ def train_loop(
                 train_units[i] for i in order[position * per_step : (position + 1) * per_step]
             ]
             batches = [
-                micro_batch(chosen[i : i + cfg.batch_size], opts.pad_id, opts.pack_capacity)
+                micro_batch(chosen[i : i + cfg.batch_size], opts.pad_id, opts.pack_capacity, varlen)
                 for i in range(0, len(chosen), cfg.batch_size)
             ]
             n_targets = sum(int((b["targets"] != IGNORE).sum()) for b in batches)
@@ -223,7 +246,7 @@ def train_loop(
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for batch in batches:
-                loss, _ = token_loss_sum(model, batch, autocast_dtype)
+                loss, _ = token_loss_sum(objective, batch, autocast_dtype)
                 scaled = loss / max(1, n_targets)
                 (scaler.scale(scaled) if scaler else scaled).backward()
                 step_loss += float(loss.detach())
@@ -274,7 +297,7 @@ def train_loop(
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
                 window = dict(empty_window)
             if val_units and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
-                evals = evaluate_loss(model, val_units, cfg, opts, autocast_dtype)
+                evals = evaluate_loss(objective, val_units, cfg, opts, autocast_dtype, varlen)
                 log.log({"step": done, **evals})
                 result.update(evals)
             if (cfg.save_every and done % cfg.save_every == 0) or done == total:
@@ -289,6 +312,7 @@ def train_loop(
             if opts.on_step is not None:
                 opts.on_step(done)
     finally:
+        switched.close()
         bar.close()
         log.close()
     result.update(
@@ -325,13 +349,10 @@ def _check_same_trajectory(saved: dict, current: dict, folder: Path) -> None:
         )
 
 
-def _resume_dir(resume: str, root: Path) -> Path | None:
-    if resume == "never":
+def _parse_row(line: str) -> dict | None:
+    """A metrics.jsonl row; None for a blank line or one cut short by a killed process."""
+    try:
+        row = json.loads(line)
+    except ValueError:
         return None
-    if resume == "auto":
-        found = checkpoint_dirs(root)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / "state.json").is_file():
-        raise ConfigError(f"train.resume: {path} is not a checkpoint folder (no state.json)")
-    return path
+    return row if isinstance(row, dict) else None
