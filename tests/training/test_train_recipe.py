@@ -231,3 +231,39 @@ def test_sft_rejects_and_counts(tokenizer_dir, demo_data, tmp_path) -> None:
     assert rejects[2][2] == "missing field 'output'"
     counts = json.loads((out / "manifest.json").read_text())["counts"]["train"]
     assert counts == {"read": 16, "used": 13, "rejected": 3, "truncated": 1}
+
+
+@pytest.mark.parametrize("stage", ["pt", "sft"])
+def test_batch_layouts_and_checkpointing_learn_the_same(stage, demo_data, tokenizer_dir, tmp_path):
+    """varlen rows (default), padded rows (packing=false) and activation checkpointing are
+    different ways to compute the same thing: the same losses at every step."""
+    data = demo_data["corpus"] if stage == "pt" else demo_data["tasks"]
+    losses = {}
+    for name, extra in [
+        ("varlen", []),
+        ("padded", ["train.packing=false"]),
+        ("checkpointed", ["train.activation_checkpointing=true"]),
+    ]:
+        out = tmp_path / name
+        _train(
+            [
+                f"stage={stage}",
+                "model.preset=tiny-llama",
+                f"model.tokenizer={tokenizer_dir}",
+                f"data.train=[{data}]",
+                "data.max_length=48",
+                "data.max_examples=64",
+                "train.batch_size=4",
+                "train.max_steps=6",
+                "train.lr=3e-3",
+                "train.log_every=1",
+                f"output_dir={out}",
+                *extra,
+            ]
+        )
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses["varlen"]) == 6
+    assert losses["varlen"][-1] < losses["varlen"][0]
+    for name in ("padded", "checkpointed"):
+        assert losses[name] == pytest.approx(losses["varlen"], rel=1e-4), name

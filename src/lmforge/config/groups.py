@@ -102,7 +102,12 @@ class TrainConfig(Group):
     )
     shuffle: bool = Field(True, description="reshuffle the training examples every epoch")
     packing: bool = Field(
-        True, description="sft: concatenate a micro-batch into one row (no padding)"
+        True,
+        description="one row per micro-batch, attention kept per sequence (no padding); "
+        "false: one padded row per example",
+    )
+    activation_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, ~1/3 slower"
     )
     eval_every: int | None = Field(None, gt=0, description="validate every N steps; null: at end")
     eval_batches: int | None = Field(None, gt=0, description="cap on validation micro-batches")

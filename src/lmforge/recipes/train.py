@@ -100,14 +100,21 @@ def run(cfg: TrainRecipe, on_step=None) -> Run:
         )
         run.metrics.update(params_total=total, params_trainable=trainable)
 
-        # pt blocks are all max_length long: one row each. sft examples are packed into rows of
-        # at most max_length tokens (no padding inside a row, attention kept per example).
+        if cfg.train.activation_checkpointing:
+            hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+            hf.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        # packing: each micro-batch is one row with per-sequence attention (``attention``). On a
+        # model without transformers' attention interface, sft examples are packed into rows of
+        # at most max_length tokens instead; pt blocks are all max_length long: one row each.
         capacity = cfg.data.max_length if (cfg.stage == "sft" and cfg.train.packing) else None
         opts = LoopOptions(
             trajectory=trajectory(run),
             run_dir=run.dir,
             pad_id=tokenizer.pad_token_id,
             pack_capacity=capacity,
+            varlen=cfg.train.packing,
             progress=cfg.track.progress,
             tensorboard=cfg.track.tensorboard,
             on_step=on_step,
