@@ -134,6 +134,41 @@ class TrackConfig(Group):
         return ("on" if v else "off") if isinstance(v, bool) else v
 
 
+class DistributedConfig(Group):
+    """How the processes that torchrun started share the work (one process: ignored)."""
+
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = Field(
+        "auto",
+        description="auto: ddp when WORLD_SIZE>1; fsdp: FSDP2, parameters sharded per decoder "
+        "layer; deepspeed: the ZeRO config in distributed.deepspeed",
+    )
+    deepspeed: str | None = Field(
+        None,
+        description="DeepSpeed ZeRO config JSON (needs the deepspeed package; GPU clusters)",
+    )
+
+    @model_validator(mode="after")
+    def _deepspeed_file_with_deepspeed(self):
+        if self.strategy == "deepspeed" and not self.deepspeed:
+            raise ValueError(
+                "distributed.strategy=deepspeed needs distributed.deepspeed (a ZeRO config JSON)"
+            )
+        if self.deepspeed and self.strategy != "deepspeed":
+            raise ValueError(
+                "distributed.deepspeed is read only with distributed.strategy=deepspeed"
+            )
+        return self
+
+
+class LauncherConfig(Group):
+    nproc: int = Field(
+        1,
+        ge=1,
+        description="processes on this machine; >1: lmforge restarts itself under torchrun "
+        "(one per GPU; on CPU one torch thread each unless OMP_NUM_THREADS is set)",
+    )
+
+
 class GenerationConfig(Group):
     max_new_tokens: int = Field(64, gt=0, description="tokens generated per prompt at most")
     temperature: float = Field(0.0, ge=0, description="0: greedy decoding")

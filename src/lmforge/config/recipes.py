@@ -10,8 +10,10 @@ from lmforge.config.base import Group
 from lmforge.config.groups import (
     AdapterConfig,
     DataConfig,
+    DistributedConfig,
     ExactMatchConfig,
     GenerationConfig,
+    LauncherConfig,
     ModelConfig,
     PerplexityConfig,
     TokenizerConfig,
@@ -47,6 +49,12 @@ class TrainRecipe(RecipeConfig):
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="full or LoRA")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
     track: TrackConfig = Field(default_factory=TrackConfig, description="logging")
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="data parallelism under torchrun"
+    )
+    launcher: LauncherConfig = Field(
+        default_factory=LauncherConfig, description="start the processes of one machine"
+    )
 
     @model_validator(mode="after")
     def _needs_model_and_data(self):

@@ -188,14 +188,15 @@ def load_for_inference(cfg: ModelConfig, device: str = "cpu"):
     return model, tokenizer
 
 
-def save_pretrained(model, tokenizer, folder: str | Path) -> Path:
+def save_pretrained(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> Path:
     """Safetensors weights (or the adapter; none when ``model`` is None) + tokenizer files,
-    written atomically to ``folder``."""
+    written atomically to ``folder``. ``state_dict``: the full tensors to save instead of the
+    model's own (a sharded model's, gathered; see ``training.distributed``)."""
     from lmforge.artifacts import atomic_dir
 
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         if model is not None:
-            model.save_pretrained(str(tmp), safe_serialization=True)
+            model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
     return folder

@@ -2,6 +2,8 @@
 
     lmforge train configs/sft_lora.yaml model.path=runs/pt train.max_steps=200
     # CPU is the default; on a GPU the same command uses it (train.device=auto)
+    lmforge train configs/sft_lora.yaml launcher.nproc=2   # 2 processes (see training.distributed)
+    torchrun --standalone --nproc_per_node 2 -m lmforge.cli train configs/sft_lora.yaml  # same
 
 Run directory: ``model/`` (full weights, or the LoRA adapter + ``base/`` when the base was a
 preset), ``checkpoints/step-N/``, ``metrics.jsonl``, ``tensorboard/``, ``rejects.jsonl``,
@@ -12,6 +14,7 @@ Tokenised data is cached (``data.cache``, see ``lmforge.training.data``); the ma
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from lmforge.models.load import (
 )
 from lmforge.tokenizer.templates import check_eos_template
 from lmforge.training.data import load_stage_data
+from lmforge.training.distributed import Strategy, check_available, launch, setup, torchrun_env
 from lmforge.training.loop import LoopOptions, train_loop
 
 
@@ -45,24 +49,52 @@ def _inputs(cfg: TrainRecipe) -> dict:
     return inputs
 
 
-def run(cfg: TrainRecipe, on_step=None) -> Run:
-    run = Run.start(cfg.stage, to_dict(cfg), cfg.output_dir, inputs=_inputs(cfg))
-    if not cfg.force and run.finished_before():
-        print(f"lmforge: reusing finished {cfg.stage} run {run.dir}")
+def run(cfg: TrainRecipe, on_step=None) -> Run | int:
+    """Train in this process, or under torchrun (every rank runs this; rank 0 writes).
+
+    With ``launcher.nproc > 1`` outside torchrun, start ``nproc`` processes under torchrun and
+    return their exit code instead.
+    """
+    check_available(cfg.distributed)
+    if cfg.launcher.nproc > 1 and torchrun_env() is None:
+        return launch(to_dict(cfg), cfg.launcher.nproc)
+    strategy = setup(cfg.distributed, cfg.train)
+    try:
+        return _train(cfg, strategy, on_step)
+    finally:
+        strategy.close()
+
+
+def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
+    main = strategy.is_main
+    run = Run.start(cfg.stage, to_dict(cfg), cfg.output_dir, inputs=_inputs(cfg) if main else None)
+    run.inputs = strategy.main_decides(lambda: run.inputs)  # hashed once (a base model is big)
+    if not cfg.force and strategy.main_decides(lambda: run.finished_before() is not None):
+        if main:
+            print(f"lmforge: reusing finished {cfg.stage} run {run.dir}")
         return run
-    with recorded(run):
+    with recorded(run) if main else contextlib.nullcontext(run):  # the manifest: rank 0's
         tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
         if cfg.stage == "sft":
             check_eos_template(tokenizer)
         rejects = Rejects()
         known = {i["path"]: i["fingerprint"] for i in run.inputs}  # no second hash of the data
+        rejects_path = run.dir / "rejects.jsonl"
         try:
-            train, val = load_stage_data(
-                cfg.stage, cfg.data, tokenizer, rejects, cfg.train.seed, known, cfg.track.progress
-            )
+            with strategy.main_first():  # rank 0 fills the tokenised-data cache, the rest read it
+                train, val = load_stage_data(
+                    cfg.stage,
+                    cfg.data,
+                    tokenizer,
+                    rejects,
+                    cfg.train.seed,
+                    known,
+                    cfg.track.progress and main,
+                )
         finally:  # also when no row was usable: the error points at this file
-            rejects_path = rejects.write(run.dir / "rejects.jsonl")
-        if train.cache.get("hit"):
+            if main:
+                rejects.write(rejects_path)
+        if train.cache.get("hit") and main:
             print(f"lmforge: tokenised data from the cache {train.cache['path']}")
         run.counts.update(
             train=train.counts,
@@ -72,7 +104,8 @@ def run(cfg: TrainRecipe, on_step=None) -> Run:
             rejects_file=str(rejects_path),
             data_cache=train.cache,
         )
-        run.save()
+        if main:
+            run.save()
 
         model = build_model(cfg.model, tokenizer, seed=cfg.train.seed)
         vocab = model.get_input_embeddings().weight.shape[0]
@@ -85,19 +118,24 @@ def run(cfg: TrainRecipe, on_step=None) -> Run:
         if cfg.adapter.type == "lora":
             lora_targets(model, cfg.adapter)  # fail on a bad target before writing anything
             # a preset base exists nowhere else: save it (before LoRA wraps it) for later loading
-            base_dir = (
-                resolve_dir(cfg.model.path)
-                if cfg.model.path
-                else save_pretrained(model, tokenizer, run.dir / "base")
-            )
+            if cfg.model.path:
+                base_dir = resolve_dir(cfg.model.path)
+            else:
+                base_dir = run.dir / "base"
+                if main:
+                    save_pretrained(model, tokenizer, base_dir)
             torch.manual_seed(cfg.train.seed)  # LoRA's A matrices are random: same seed, same A
             model = add_lora(model, cfg.adapter)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        print(
-            f"lmforge: {cfg.stage} {cfg.adapter.type}: {trainable:,} of {total:,} parameters "
-            f"trainable ({100 * trainable / total:.2f}%), {len(train.units)} training units"
-        )
+        if main:
+            ranks = strategy.world_size
+            spread = f", {strategy.name} over {ranks} processes" if ranks > 1 else ""
+            print(
+                f"lmforge: {cfg.stage} {cfg.adapter.type}: {trainable:,} of {total:,} parameters "
+                f"trainable ({100 * trainable / total:.2f}%), {len(train.units)} training units"
+                f"{spread}"
+            )
         run.metrics.update(params_total=total, params_trainable=trainable)
 
         if cfg.train.activation_checkpointing:
@@ -110,7 +148,7 @@ def run(cfg: TrainRecipe, on_step=None) -> Run:
         # at most max_length tokens instead; pt blocks are all max_length long: one row each.
         capacity = cfg.data.max_length if (cfg.stage == "sft" and cfg.train.packing) else None
         opts = LoopOptions(
-            trajectory=trajectory(run),
+            trajectory=trajectory(run, strategy.world_size),
             run_dir=run.dir,
             pad_id=tokenizer.pad_token_id,
             pack_capacity=capacity,
@@ -118,20 +156,25 @@ def run(cfg: TrainRecipe, on_step=None) -> Run:
             progress=cfg.track.progress,
             tensorboard=cfg.track.tensorboard,
             on_step=on_step,
+            strategy=strategy,
         )
         # force=true recomputes: start over instead of resuming the finished checkpoint
         train_cfg = cfg.train.model_copy(update={"resume": "never"}) if cfg.force else cfg.train
         run.metrics.update(train_loop(model, train.units, val.units, train_cfg, opts))
 
-        out = save_model(model, tokenizer, run.dir / MODEL_SUBDIR, base_dir)
-        run.add_output(out, "model")
-        run.add_output(run.dir / "metrics.jsonl", "metrics")
-    print(f"lmforge: {cfg.stage} run finished: {out}")
+        out = save_model(model, tokenizer, run.dir / MODEL_SUBDIR, base_dir, strategy)
+        if main:
+            run.add_output(out, "model")
+            run.add_output(run.dir / "metrics.jsonl", "metrics")
+    if main:
+        print(f"lmforge: {cfg.stage} run finished: {out}")
     return run
 
 
 # Keys that change logging, checkpointing or placement but not the weights a run produces.
-_NOT_TRAJECTORY = {"output_dir", "force", "track"}
+# distributed/launcher only decide which process computes which micro-batch of a step: every
+# strategy computes the same gradient of the same global batch, up to float summation order.
+_NOT_TRAJECTORY = {"output_dir", "force", "track", "distributed", "launcher"}
 _NOT_TRAJECTORY_DATA = {"cache", "cache_dir", "cache_shard_tokens"}  # same units either way
 _NOT_TRAJECTORY_TRAIN = {
     "log_every",
@@ -141,23 +184,43 @@ _NOT_TRAJECTORY_TRAIN = {
     "keep_last",
     "resume",
     "device",
+    # the split of a step into micro-batches and processes: replaced by global_batch below
+    "batch_size",
+    "grad_accum",
 }
 
 
-def trajectory(run: Run) -> dict:
-    """What a checkpoint must agree on to be resumed: config (minus I/O keys) + input contents."""
+def trajectory(run: Run, world_size: int = 1) -> dict:
+    """What a checkpoint must agree on to be resumed: config (minus I/O keys) + input contents.
+
+    A step's gradient depends on which units it takes, not on how they are split into
+    micro-batches (``batch_size`` x ``grad_accum``) or processes (the loop normalises by the
+    whole step's target count), so the trajectory holds the units per step, ``global_batch``:
+    4 processes x batch_size 2 resume the checkpoint of 1 process x batch_size 8.
+    """
     config = {k: v for k, v in run.config.items() if k not in _NOT_TRAJECTORY}
-    config["train"] = {k: v for k, v in config["train"].items() if k not in _NOT_TRAJECTORY_TRAIN}
+    train = run.config["train"]
+    config["train"] = {k: v for k, v in train.items() if k not in _NOT_TRAJECTORY_TRAIN}
+    config["train"]["global_batch"] = train["batch_size"] * train["grad_accum"] * world_size
     config["data"] = {k: v for k, v in config["data"].items() if k not in _NOT_TRAJECTORY_DATA}
     return {"config": config, "inputs": {i["path"]: i["fingerprint"] for i in run.inputs}}
 
 
-def save_model(model, tokenizer, out: Path, base_dir: Path | None) -> Path:
-    """Full weights, or (``base_dir`` given) the adapter with its config pointing at the base."""
-    save_pretrained(model, tokenizer, out)
-    if base_dir is not None:
-        config_path = out / "adapter_config.json"
-        adapter_cfg = json.loads(config_path.read_text())
-        adapter_cfg["base_model_name_or_path"] = str(Path(base_dir).resolve())
-        config_path.write_text(json.dumps(adapter_cfg, indent=2))
+def save_model(
+    model, tokenizer, out: Path, base_dir: Path | None, strategy: Strategy | None = None
+) -> Path:
+    """Full weights, or (``base_dir`` given) the adapter with its config pointing at the base.
+
+    Under torchrun every rank calls this (sharded weights are gathered); rank 0 writes.
+    """
+    strategy = strategy or Strategy()
+    state = strategy.model_state(model)
+    if strategy.is_main:
+        save_pretrained(model, tokenizer, out, state)
+        if base_dir is not None:
+            config_path = out / "adapter_config.json"
+            adapter_cfg = json.loads(config_path.read_text())
+            adapter_cfg["base_model_name_or_path"] = str(Path(base_dir).resolve())
+            config_path.write_text(json.dumps(adapter_cfg, indent=2))
+    strategy.barrier()
     return out

@@ -6,7 +6,8 @@ previous checkpoints and at most a hidden ``.step-…tmp-`` folder, never half o
 - ``trainable.safetensors``  the parameters that require grad (all of them for full training,
   the adapter for LoRA), by their ``named_parameters`` names
 - ``optimizer.pt``           ``optimizer.state_dict()`` (tensors, ints and floats only)
-- ``rng.pt``                 torch CPU (and CUDA) generator states
+- ``rng.pt``                 torch CPU (and CUDA) generator states; under torchrun rank 0's,
+  plus every rank's own under ``ranks`` (restored when the number of processes is the same)
 - ``state.json``             step, the data position (``epoch``, ``position``: optimizer steps
   already taken in that epoch, of ``steps_per_epoch``), tokens seen, elapsed seconds, the
   logging window, the trajectory fingerprint, python/numpy RNG states
@@ -15,6 +16,11 @@ previous checkpoints and at most a hidden ``.step-…tmp-`` folder, never half o
 Nothing else needs saving: the learning-rate schedule is a pure function of the step (see
 ``optim.lr_at``) and the sampler's order a pure function of the seed and the epoch, so ``epoch``
 and ``position`` say exactly which units come next.
+
+Under torchrun a ``strategy`` (see ``distributed``) gathers sharded tensors into this same
+format (every rank takes part; rank 0 writes while the others wait at a barrier), and every rank
+reads a checkpoint back and keeps its part, so a checkpoint does not depend on how many
+processes wrote it.
 
 ``restore`` with ``train.resume=auto`` verifies the newest checkpoint's checksums and reads every
 file before touching the model; a corrupt one (a file missing, unreadable or not matching its
@@ -38,10 +44,13 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.artifacts import atomic_dir, fingerprint_file
 from lmforge.errors import ConfigError, UserError
+from lmforge.training.distributed import Strategy
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _LEFTOVER = re.compile(r"^\.step-\d+\.(tmp|old)-")  # atomic_dir's folders from a killed process
 CHECKSUMS = "checksums.json"
+# key in optimizer.pt of a checkpoint written without the optimizer state (DeepSpeed snapshots)
+OPTIMIZER_NOT_SAVED = "optimizer_not_saved"
 FILES = ("trainable.safetensors", "optimizer.pt", "rng.pt", "state.json")
 
 
@@ -82,20 +91,45 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict,
     keep_last: int,
+    strategy: Strategy | None = None,
 ) -> Path:
     """Write ``root/step-{step:06d}`` atomically, then delete all but the newest ``keep_last``.
 
     ``state`` is stored in state.json; when it holds ``steps_per_epoch`` the data position
-    (``epoch``, ``position``) of ``step`` is stored beside it.
+    (``epoch``, ``position``) of ``step`` is stored beside it. Under torchrun every rank calls
+    this (the tensors are gathered from all of them); rank 0 writes, the others wait.
     """
+    strategy = strategy or Strategy()
     folder = root / f"step-{step:06d}"
-    trainable = {
-        n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad
-    }
-    np_state = np.random.get_state()
+    trainable = strategy.trainable_state(model)
+    optimizer_state = strategy.optimizer_state(model, optimizer)
+    rng = _rng_states()
+    if strategy.world_size > 1:  # dropout draws differ per rank: keep every rank's generators
+        rng["ranks"] = strategy.gather_object(_rng_states())
+    if strategy.is_main:
+        _write(root, folder, step, trainable, optimizer_state, rng, state, keep_last)
+    strategy.barrier()
+    return folder
+
+
+def _rng_states() -> dict:
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _write(
+    root: Path,
+    folder: Path,
+    step: int,
+    trainable: dict[str, torch.Tensor],
+    optimizer_state: dict,
+    rng: dict,
+    state: dict,
+    keep_last: int,
+) -> None:
+    np_state = np.random.get_state()
     full_state = {**state, "step": step}
     if state.get("steps_per_epoch"):
         full_state["epoch"], full_state["position"] = divmod(step, state["steps_per_epoch"])
@@ -105,7 +139,7 @@ def save_checkpoint(
     )
     with atomic_dir(folder) as tmp:
         save_file(trainable, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(rng, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(full_state))
         sums = {name: _sha256(tmp / name) for name in FILES}
@@ -115,7 +149,6 @@ def save_checkpoint(
     for leftover in root.iterdir():  # this process's own temporary folder is gone by now
         if _LEFTOVER.match(leftover.name):
             shutil.rmtree(leftover, ignore_errors=True)
-    return folder
 
 
 def read_checkpoint(folder: Path) -> Checkpoint:
@@ -150,7 +183,12 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         raise CorruptCheckpoint(folder, f"unreadable: {type(exc).__name__}: {exc}") from None
 
 
-def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def load_checkpoint(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    strategy: Strategy | None = None,
+) -> dict:
     """Restore weights, optimizer and RNG states in place; return the saved state dict.
 
     All or nothing: ``folder`` is verified and read in full, and checked against the model and
@@ -158,18 +196,23 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
     """
     checkpoint = read_checkpoint(folder)
     _check_fits(checkpoint, model, optimizer)
-    return _apply(checkpoint, model, optimizer)
+    return _apply(checkpoint, model, optimizer, strategy or Strategy())
 
 
 def restore(
-    resume: str, root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    resume: str,
+    root: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    strategy: Strategy | None = None,
 ) -> tuple[dict, Path] | None:
     """Load the checkpoint ``resume`` names into ``model``/``optimizer``; None to start fresh.
 
     ``resume``: ``never``; ``auto`` (the newest checkpoint under ``root`` that is not corrupt,
     warning on stderr for each corrupt one skipped; None when there is none at all); or a
     checkpoint folder (corrupt: ``CorruptCheckpoint``). Returns the saved state (``step``,
-    ``epoch``, ``position``, counters, ``trajectory``, ...) and the folder it came from.
+    ``epoch``, ``position``, counters, ``trajectory``, ...) and the folder it came from. Under
+    torchrun every rank calls this and reads the files itself.
     """
     if resume == "never":
         return None
@@ -177,14 +220,14 @@ def restore(
         folder = Path(resume)
         if not (folder / "state.json").is_file():
             raise ConfigError(f"train.resume: {folder} is not a checkpoint folder (no state.json)")
-        return load_checkpoint(folder, model, optimizer), folder
+        return load_checkpoint(folder, model, optimizer, strategy), folder
     newest_first = checkpoint_dirs(root)[::-1]
     if not newest_first:
         return None
     corrupt: list[CorruptCheckpoint] = []
     for folder, previous in zip(newest_first, [*newest_first[1:], None], strict=True):
         try:
-            return load_checkpoint(folder, model, optimizer), folder
+            return load_checkpoint(folder, model, optimizer, strategy), folder
         except CorruptCheckpoint as exc:
             corrupt.append(exc)
             if previous is not None:
@@ -222,6 +265,12 @@ def _check_fits(
     checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> None:
     """Raise unless every tensor and optimizer group has a place of the same shape."""
+    if OPTIMIZER_NOT_SAVED in checkpoint.optimizer:
+        raise ConfigError(
+            f"checkpoint {checkpoint.folder} holds no optimizer state "
+            f"({checkpoint.optimizer[OPTIMIZER_NOT_SAVED]}) and cannot be resumed; "
+            "set train.resume=never to start over"
+        )
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     problems = [
         f"{n} {tuple(t.shape)} vs {tuple(params[n].shape)}" if n in params else f"{n} is unknown"
@@ -239,16 +288,19 @@ def _check_fits(
 
 
 def _apply(
-    checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    checkpoint: Checkpoint,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    strategy: Strategy,
 ) -> dict:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in checkpoint.weights.items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(checkpoint.optimizer)
-    torch.set_rng_state(checkpoint.rng["torch"])
-    if "cuda" in checkpoint.rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(checkpoint.rng["cuda"])
+    strategy.load_trainable(model, checkpoint.weights)
+    strategy.load_optimizer(model, optimizer, checkpoint.optimizer)
+    rng = checkpoint.rng
+    if len(rng.get("ranks", ())) == strategy.world_size > 1:  # the same number of processes
+        rng = rng["ranks"][strategy.rank]
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     state = dict(checkpoint.state)
     random.setstate(state.pop("python_rng"))
     np.random.set_state(state.pop("numpy_rng"))

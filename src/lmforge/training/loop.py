@@ -21,7 +21,6 @@ import torch
 
 from lmforge.config.groups import TrainConfig
 from lmforge.errors import ConfigError, MissingDependency, RunFailed
-from lmforge.models.load import resolve_device
 from lmforge.training.attention import supports_varlen, varlen_attention
 from lmforge.training.checkpoint import (
     check_data_position,
@@ -29,7 +28,8 @@ from lmforge.training.checkpoint import (
     restore,
     save_checkpoint,
 )
-from lmforge.training.collate import IGNORE, Unit, micro_batch, unit_tokens
+from lmforge.training.collate import Unit, micro_batch, unit_targets, unit_tokens
+from lmforge.training.distributed import Strategy
 from lmforge.training.objective import CausalLMLoss
 from lmforge.training.optim import build_optimizer, lr_at
 
@@ -65,13 +65,18 @@ class LoopOptions:
     # what the trajectory depends on (config + input fingerprints); a checkpoint made under a
     # different one is refused instead of silently continuing someone else's run
     trajectory: dict = field(default_factory=dict)
+    # how the processes torchrun started share each step; one process by default
+    strategy: Strategy = field(default_factory=Strategy)
 
 
 @dataclass
 class MetricsLog:
-    """metrics.jsonl (+ TensorBoard); on resume, lines past the checkpoint's step are dropped."""
+    """metrics.jsonl (+ TensorBoard); on resume, lines past the checkpoint's step are dropped.
 
-    path: Path
+    ``path`` None (ranks other than 0 under torchrun): rows are kept, nothing is written.
+    """
+
+    path: Path | None
     writer: object | None = None
     rows: list[dict] = field(default_factory=list)
 
@@ -100,6 +105,8 @@ class MetricsLog:
 
     def log(self, row: dict) -> None:
         self.rows.append(row)
+        if self.path is None:
+            return
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         if self.writer is not None:
@@ -151,22 +158,27 @@ def evaluate_loss(
     autocast_dtype,
     varlen: bool,
 ) -> dict[str, float]:
+    """Mean token loss over ``units`` (at most ``eval_batches`` micro-batches per process);
+    under torchrun the micro-batches are shared like a training step's, and the sums reduced."""
     was_training = objective.training
     objective.eval()
+    strategy = opts.strategy
     total, count = 0.0, 0
-    batches = range(0, len(units), cfg.batch_size)
-    for i, start in enumerate(batches):
-        if cfg.eval_batches and i >= cfg.eval_batches:
-            break
+    starts = range(0, len(units), cfg.batch_size)
+    if cfg.eval_batches:
+        starts = starts[: cfg.eval_batches * strategy.world_size]
+    for start, weight in strategy.share(starts):
         batch = micro_batch(
             units[start : start + cfg.batch_size], opts.pad_id, opts.pack_capacity, varlen
         )
         loss, n = token_loss_sum(objective, batch, autocast_dtype)
-        total += float(loss)
-        count += n
+        if weight:  # 0: a padding pass, so that every rank runs as many (see distributed)
+            total += float(loss)
+            count += n
+    total, count = strategy.sum_over_ranks([total, count])
     objective.train(was_training)
     mean = total / max(1, count)
-    return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0)), "eval_tokens": count}
+    return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0)), "eval_tokens": int(count)}
 
 
 def train_loop(
@@ -176,15 +188,21 @@ def train_loop(
     cfg: TrainConfig,
     opts: LoopOptions,
 ) -> dict:
-    """Train ``model`` in place; return the final metrics."""
-    device = resolve_device(cfg.device, "train.device")
+    """Train ``model`` in place; return the final metrics.
+
+    Under torchrun every rank calls this with the same units, and ``opts.strategy`` shares out
+    each step (see ``distributed``): ``batch_size`` is per process, the logged sums are global.
+    """
+    strategy = opts.strategy
+    device = strategy.device_for(cfg.device)
     autocast_dtype = resolve_precision(cfg.precision, device)
     model.to(device)
     objective = CausalLMLoss(model)
     varlen = opts.varlen and supports_varlen(model)
-    optimizer = build_optimizer(model, cfg)
+    # DDP/FSDP2 wrap the objective; FSDP2 swaps parameters for shards, so the optimizer comes after
+    objective, optimizer = strategy.prepare(objective, lambda: build_optimizer(model, cfg))
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
-    per_step = cfg.batch_size * cfg.grad_accum
+    per_step = cfg.batch_size * cfg.grad_accum * strategy.world_size  # units, all ranks together
     steps_per_epoch = math.ceil(len(train_units) / per_step)
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     ckpt_root = opts.run_dir / "checkpoints"
@@ -193,20 +211,25 @@ def train_loop(
     # tokens: real input tokens; slots: tensor positions including padding
     state = {"tokens": 0, "target_tokens": 0, "slots": 0, "elapsed": 0.0}
     start_step = 0
-    if cfg.resume == "never" and checkpoint_dirs(ckpt_root):
+    if cfg.resume == "never" and strategy.is_main and checkpoint_dirs(ckpt_root):
         print(f"lmforge: train.resume=never: removing old checkpoints in {ckpt_root}")
         shutil.rmtree(ckpt_root)
     state["steps_per_epoch"] = steps_per_epoch  # each checkpoint records its data position
-    restored = restore(cfg.resume, ckpt_root, model, optimizer)
+    restored = restore(cfg.resume, ckpt_root, model, optimizer, strategy)
     if restored is not None:
         state, resume_from = restored
         start_step = state.pop("step")
         _check_same_trajectory(state.pop("trajectory", {}), opts.trajectory, resume_from)
         check_data_position(state, start_step, steps_per_epoch, resume_from)
-        print(f"lmforge: resuming from {resume_from} (step {start_step} of {total})")
+        if strategy.is_main:
+            print(f"lmforge: resuming from {resume_from} (step {start_step} of {total})")
     else:
         torch.manual_seed(cfg.seed)
-    log = MetricsLog.open(opts.run_dir, start_step, opts.tensorboard)
+    log = (
+        MetricsLog.open(opts.run_dir, start_step, opts.tensorboard)
+        if strategy.is_main
+        else MetricsLog(None)
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     empty_window = {"loss": 0.0, "targets": 0, "tokens": 0, "seconds": 0.0}
     # the logging window is part of the state, so a resumed run logs the same losses
@@ -215,7 +238,11 @@ def train_loop(
     from tqdm.auto import tqdm
 
     bar = tqdm(
-        total=total, initial=start_step, disable=not opts.progress, unit="step", dynamic_ncols=True
+        total=total,
+        initial=start_step,
+        disable=not (opts.progress and strategy.is_main),
+        unit="step",
+        dynamic_ncols=True,
     )
     order: list[int] = []
     order_epoch = -1
@@ -235,42 +262,38 @@ def train_loop(
             chosen = [
                 train_units[i] for i in order[position * per_step : (position + 1) * per_step]
             ]
+            # this rank's micro-batches of the step, and weight-0 padding passes (distributed)
+            shares = strategy.share(range(0, len(chosen), cfg.batch_size))
             batches = [
                 micro_batch(chosen[i : i + cfg.batch_size], opts.pad_id, opts.pack_capacity, varlen)
-                for i in range(0, len(chosen), cfg.batch_size)
+                for i, _ in shares
             ]
-            n_targets = sum(int((b["targets"] != IGNORE).sum()) for b in batches)
+            n_targets = sum(unit_targets(u) for u in chosen)  # the whole step's, on every rank
             lr = lr_at(step, total, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for batch in batches:
-                loss, _ = token_loss_sum(objective, batch, autocast_dtype)
-                scaled = loss / max(1, n_targets)
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                step_loss += float(loss.detach())
+            step_loss, slots = 0.0, 0
+            for k, (batch, (_, weight)) in enumerate(zip(batches, shares, strict=True)):
+                with strategy.sync(objective, last=k == len(batches) - 1):
+                    loss, _ = token_loss_sum(objective, batch, autocast_dtype)
+                    # DDP and FSDP2 average gradients over ranks: x world_size makes it the sum
+                    scaled = loss * (weight * strategy.world_size) / max(1, n_targets)
+                    strategy.backward(scaler.scale(scaled) if scaler else scaled)
+                if weight:
+                    step_loss += float(loss.detach())
+                    slots += batch["input_ids"].numel()
                 del loss, scaled
+            step_loss, slots = strategy.sum_over_ranks([step_loss, slots])
             if not math.isfinite(step_loss):
                 raise RunFailed(
                     f"loss became {step_loss} at step {step + 1}; lower train.lr or check the data"
                 )
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = float(
-                torch.nn.utils.clip_grad_norm_(
-                    params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
-                )
-            )
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            grad_norm = strategy.step(optimizer, params, cfg.max_grad_norm, scaler)
             tokens = sum(unit_tokens(u) for u in chosen)
             seconds = time.perf_counter() - t0
             state["tokens"] += tokens
-            state["slots"] += sum(b["input_ids"].numel() for b in batches)
+            state["slots"] += int(slots)
             state["target_tokens"] += n_targets
             state["elapsed"] += seconds
             window = {
@@ -308,6 +331,7 @@ def train_loop(
                     optimizer,
                     {**state, "window": window, "trajectory": opts.trajectory},
                     cfg.keep_last,
+                    strategy,
                 )
             if opts.on_step is not None:
                 opts.on_step(done)
