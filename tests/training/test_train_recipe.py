@@ -267,3 +267,11 @@ def test_batch_layouts_and_checkpointing_learn_the_same(stage, demo_data, tokeni
     assert losses["varlen"][-1] < losses["varlen"][0]
     for name in ("padded", "checkpointed"):
         assert losses[name] == pytest.approx(losses["varlen"], rel=1e-4), name
+
+
+def test_throughput_and_mfu_are_logged(pt_run) -> None:
+    rows = [json.loads(x) for x in (pt_run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 2 for r in train_rows)
+    metrics = json.loads((pt_run / "manifest.json").read_text())["metrics"]
+    assert metrics["matmul_peak_gflops"] > 0 and 0 < metrics["mfu"] < 2

@@ -30,6 +30,7 @@ from lmforge.training.checkpoint import (
 )
 from lmforge.training.collate import Unit, micro_batch, unit_targets, unit_tokens
 from lmforge.training.distributed import Strategy
+from lmforge.training.flops import FlopsProfile, matmul_peak_gflops, model_flops_utilization
 from lmforge.training.objective import CausalLMLoss
 from lmforge.training.optim import build_optimizer, lr_at
 
@@ -201,6 +202,11 @@ def train_loop(
     varlen = opts.varlen and supports_varlen(model)
     # DDP/FSDP2 wrap the objective; FSDP2 swaps parameters for shards, so the optimizer comes after
     objective, optimizer = strategy.prepare(objective, lambda: build_optimizer(model, cfg))
+    # model FLOPs utilisation: useful FLOPs (see ``flops``) against a matmul peak measured now
+    flops = FlopsProfile.of(model)
+    peak = matmul_peak_gflops(device, dtype=autocast_dtype or torch.float32)
+    if strategy.is_main:
+        print(f"lmforge: measured matmul peak {peak:.1f} GFLOP/s per process (for MFU)")
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     per_step = cfg.batch_size * cfg.grad_accum * strategy.world_size  # units, all ranks together
     steps_per_epoch = math.ceil(len(train_units) / per_step)
@@ -231,7 +237,7 @@ def train_loop(
         else MetricsLog(None)
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    empty_window = {"loss": 0.0, "targets": 0, "tokens": 0, "seconds": 0.0}
+    empty_window = {"loss": 0.0, "targets": 0, "tokens": 0, "seconds": 0.0, "flops": 0}
     # the logging window is part of the state, so a resumed run logs the same losses
     window = state.pop("window", None) or dict(empty_window)
     result: dict = {}
@@ -291,16 +297,20 @@ def train_loop(
                 )
             grad_norm = strategy.step(optimizer, params, cfg.max_grad_norm, scaler)
             tokens = sum(unit_tokens(u) for u in chosen)
+            # only target positions reach the output layer (``objective``)
+            step_flops = flops.training_flops((len(p) for u in chosen for p in u), n_targets)
             seconds = time.perf_counter() - t0
             state["tokens"] += tokens
             state["slots"] += int(slots)
             state["target_tokens"] += n_targets
             state["elapsed"] += seconds
+            state["flops"] = state.get("flops", 0) + step_flops
             window = {
                 "loss": window["loss"] + step_loss,
                 "targets": window["targets"] + n_targets,
                 "tokens": window["tokens"] + tokens,
                 "seconds": window["seconds"] + seconds,
+                "flops": window.get("flops", 0) + step_flops,
             }
             done = step + 1
             bar.update(1)
@@ -312,12 +322,19 @@ def train_loop(
                     "lr": lr,
                     "grad_norm": grad_norm,
                     "tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
+                    "mfu": model_flops_utilization(
+                        window["flops"], window["seconds"], peak * strategy.world_size
+                    ),
                     "tokens": state["tokens"],
                     "elapsed": round(state["elapsed"], 3),
                 }
                 log.log(row)
                 result["train_loss"] = row["loss"]
-                bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                bar.set_postfix(
+                    loss=f"{row['loss']:.4f}",
+                    tok_s=f"{row['tokens_per_s']:.0f}",
+                    mfu=f"{row['mfu']:.1%}",
+                )
                 window = dict(empty_window)
             if val_units and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
                 evals = evaluate_loss(objective, val_units, cfg, opts, autocast_dtype, varlen)
@@ -345,6 +362,10 @@ def train_loop(
         target_tokens=state["target_tokens"],
         train_seconds=round(state["elapsed"], 3),
         tokens_per_s=state["tokens"] / max(state["elapsed"], 1e-9),
+        mfu=model_flops_utilization(
+            state.get("flops", 0), state["elapsed"], peak * strategy.world_size
+        ),
+        matmul_peak_gflops=round(peak, 1),
         padding_fraction=1.0 - state["tokens"] / max(1, state.get("slots", 0)),
     )
     if "train_loss" not in result and log.rows:
