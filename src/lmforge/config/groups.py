@@ -106,6 +106,11 @@ class TrainConfig(Group):
         description="one row per micro-batch, attention kept per sequence (no padding); "
         "false: one padded row per example",
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer: ~10-15% faster steps on CPU after "
+        "25-80 s of compiling (pays for long runs)",
+    )
     activation_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, ~1/3 slower"
     )

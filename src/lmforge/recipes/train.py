@@ -138,11 +138,13 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
             )
         run.metrics.update(params_total=total, params_trainable=trainable)
 
+        hf = model.get_base_model() if hasattr(model, "get_base_model") else model
         if cfg.train.activation_checkpointing:
-            hf = model.get_base_model() if hasattr(model, "get_base_model") else model
             hf.activation_checkpointing_enable(
                 activation_checkpointing_kwargs={"use_reentrant": False}
             )
+        if cfg.train.compile:
+            compile_layers(hf)
         # packing: each micro-batch is one row with per-sequence attention (``attention``). On a
         # model without transformers' attention interface, sft examples are packed into rows of
         # at most max_length tokens instead; pt blocks are all max_length long: one row each.
@@ -184,6 +186,9 @@ _NOT_TRAJECTORY_TRAIN = {
     "keep_last",
     "resume",
     "device",
+    # how a step is computed, not what: same losses (compile within float tolerance)
+    "compile",
+    "activation_checkpointing",
     # the split of a step into micro-batches and processes: replaced by global_batch below
     "batch_size",
     "grad_accum",
@@ -204,6 +209,21 @@ def trajectory(run: Run, world_size: int = 1) -> dict:
     config["train"]["global_batch"] = train["batch_size"] * train["grad_accum"] * world_size
     config["data"] = {k: v for k, v in config["data"].items() if k not in _NOT_TRAJECTORY_DATA}
     return {"config": config, "inputs": {i["path"]: i["fingerprint"] for i in run.inputs}}
+
+
+def compile_layers(hf) -> None:
+    """``torch.compile`` each decoder layer (dynamic shapes: packed rows change length every
+    step). Per layer rather than the whole model: the varlen attention loop breaks the graph
+    anyway, and the layers share one compiled graph. Measured on the 2-core CPU (small-llama +
+    LoRA, 4 micro-batches of ~1400 tokens): 10-15% faster per step, after 25 s (warm inductor
+    cache) to 80 s (cold) of compiling, so it pays for runs longer than ~10 minutes."""
+    decoder = hf.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        decoder.compile(dynamic=True)
+        return
+    for layer in layers:
+        layer.compile(dynamic=True)
 
 
 def save_model(
