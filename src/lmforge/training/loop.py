@@ -31,6 +31,7 @@ from lmforge.training.checkpoint import (
 from lmforge.training.collate import Unit, micro_batch, unit_targets, unit_tokens
 from lmforge.training.distributed import Strategy
 from lmforge.training.flops import FlopsProfile, matmul_peak_gflops, model_flops_utilization
+from lmforge.training.lowrank import use_fast_lowrank
 from lmforge.training.objective import CausalLMLoss
 from lmforge.training.optim import build_optimizer, lr_at
 
@@ -198,6 +199,7 @@ def train_loop(
     device = strategy.device_for(cfg.device)
     autocast_dtype = resolve_precision(cfg.precision, device)
     model.to(device)
+    use_fast_lowrank(model, device)
     objective = CausalLMLoss(model)
     varlen = opts.varlen and supports_varlen(model)
     # DDP/FSDP2 wrap the objective; FSDP2 swaps parameters for shards, so the optimizer comes after
