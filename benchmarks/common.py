@@ -355,3 +355,31 @@ def run_header(benchmark: str, args_line: Sequence[str]) -> dict:
         "machine": machine_info(),
         "lmforge_git_revision": lmforge_revision(),
     }
+
+
+def add_run_args(parser, steps: int, results_name: str, sides: dict) -> None:
+    """What every benchmark script takes: --steps, --sides, --work, --no-wait, --results."""
+    parser.add_argument(
+        "--steps", type=int, default=steps, help=f"optimizer steps per run (default {steps})"
+    )
+    parser.add_argument(
+        "--sides",
+        type=subset(sides),
+        default=list(sides),
+        help=f"comma-separated subset of: {', '.join(sides)} (default: all)",
+    )
+    parser.add_argument(
+        "--work", type=Path, default=None, help="working folder (default: a temporary folder)"
+    )
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="start each side at once instead of waiting up to 5 minutes for a quiet CPU",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help=f"results JSON (default: benchmarks/results/{results_name}.json; a run with "
+        "fewer --steps writes none unless given)",
+    )

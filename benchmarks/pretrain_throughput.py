@@ -40,6 +40,7 @@ from pathlib import Path
 
 from common import (
     BenchError,
+    add_run_args,
     contention_warning,
     format_table,
     lmforge_train,
@@ -298,35 +299,12 @@ def report(results: dict, prep: dict, peak: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--steps", type=int, default=STEPS, help=f"optimizer steps per run (default {STEPS})"
-    )
+    add_run_args(parser, STEPS, "pretrain_throughput", SIDES)
     parser.add_argument(
         "--sizes",
         type=subset(SIZES),
         default=list(SIZES),
         help=f"comma-separated subset of: {', '.join(SIZES)} (default: all)",
-    )
-    parser.add_argument(
-        "--sides",
-        type=subset(SIDES),
-        default=list(SIDES),
-        help=f"comma-separated subset of: {', '.join(SIDES)} (default: all)",
-    )
-    parser.add_argument(
-        "--work", type=Path, default=None, help="working folder (default: a temporary folder)"
-    )
-    parser.add_argument(
-        "--no-wait",
-        action="store_true",
-        help="start each side at once instead of waiting up to 5 minutes for a quiet CPU",
-    )
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=None,
-        help="results JSON (default: benchmarks/results/pretrain_throughput.json; a run with "
-        "fewer --steps writes none unless given)",
     )
     parser.add_argument("--side", choices=["hf"], help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=sorted(SIZES), help=argparse.SUPPRESS)

@@ -52,6 +52,7 @@ from pathlib import Path
 from common import (
     IGNORE,
     BenchError,
+    add_run_args,
     contention_warning,
     format_table,
     lmforge_train,
@@ -63,7 +64,6 @@ from common import (
     run_header,
     run_side,
     shared_file,
-    subset,
     wait_until_quiet,
     window_diffs,
     write_results,
@@ -415,30 +415,7 @@ def report(results: dict, prep: dict, peak: dict, steps: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--steps", type=int, default=STEPS, help=f"optimizer steps (default {STEPS})"
-    )
-    parser.add_argument(
-        "--sides",
-        type=subset(SIDES),
-        default=list(SIDES),
-        help=f"comma-separated subset of: {', '.join(SIDES)} (default: all)",
-    )
-    parser.add_argument(
-        "--work", type=Path, default=None, help="working folder (default: a temporary folder)"
-    )
-    parser.add_argument(
-        "--no-wait",
-        action="store_true",
-        help="start each side at once instead of waiting up to 5 minutes for a quiet CPU",
-    )
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=None,
-        help="results JSON (default: benchmarks/results/sft_lora_throughput.json; a run with "
-        "fewer --steps writes none unless given)",
-    )
+    add_run_args(parser, STEPS, "sft_lora_throughput", SIDES)
     parser.add_argument("--side", choices=sorted(CHILD_SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

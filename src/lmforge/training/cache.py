@@ -53,7 +53,7 @@ from typing import Protocol
 
 import numpy as np
 
-from lmforge.artifacts import fingerprint, fingerprint_obj
+from lmforge.artifacts import fingerprint, fingerprint_obj, fsync_path
 from lmforge.data.readers import Rejects
 from lmforge.errors import DataError
 from lmforge.training.collate import IGNORE, Piece, Unit
@@ -326,27 +326,18 @@ def _write(folder: Path, sources: list[str], shard_tokens: int, encode: Encode, 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _fsync(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _publish(tmp: Path, folder: Path) -> None:
     """Rename the finished ``tmp`` to ``folder``; if another process got there first, keep its."""
     for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+        fsync_path(f)
+    fsync_path(tmp)
     try:
         os.rename(tmp, folder)  # fails when folder exists and is not empty: never replaces
     except OSError:
         if not (folder / META).is_file():
             raise
         return  # the same entry, written by a process that finished first
-    _fsync(folder.parent)
+    fsync_path(folder.parent)
 
 
 def _discard(folder: Path) -> None:
