@@ -3,8 +3,8 @@
 - plain text: ``{"text": str}``
 - conversation: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
 
-Readers convert alpaca (``instruction``/``input``/``output``/``system``), ``messages`` and
-sharegpt (``conversations`` with ``from``/``value``) rows into this once; stages never parse raw
+Readers convert alpaca (``instruction``/``input``/``output``/``system``/``history``), ``messages``
+and sharegpt (``conversations`` with ``from``/``value``) rows into this once; stages never parse raw
 formats. A row that cannot be converted raises :class:`RowError` with the reason, and the caller
 writes it to the rejects file.
 """
@@ -77,6 +77,18 @@ def alpaca_to_messages(row: dict) -> list[dict]:
     system = _require_str(row, "system", required=False)
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
     messages = [{"role": "system", "content": system}] if system.strip() else []
+    history = row.get("history") or []
+    if not isinstance(history, list):
+        raise RowError("'history' must be a list of [user, assistant] pairs")
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise RowError(f"history item {i} is not a [user, assistant] pair")
+        if not all(isinstance(x, str) for x in pair):
+            raise RowError(f"history item {i} holds a non-string")
+        messages += [
+            {"role": "user", "content": pair[0]},
+            {"role": "assistant", "content": pair[1]},
+        ]
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
 
 

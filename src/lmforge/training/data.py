@@ -24,13 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 
 import numpy as np
 
 from lmforge.artifacts import fingerprint
 from lmforge.config.groups import DataConfig
-from lmforge.data.readers import Record, Rejects, check_files, iter_records
+from lmforge.data.readers import Record, Rejects, check_files, iter_records, split_selector
 from lmforge.data.schema import RowError, to_messages, to_text
 from lmforge.errors import DataError
 from lmforge.training.cache import (
@@ -240,7 +239,8 @@ def cache_key_parts(
     known = fingerprints or {}
 
     def content(path: str) -> str:
-        return known.get(str(Path(path).resolve())) or fingerprint(path)
+        base = split_selector(path)[0]  # folder#dataset: the folder's content
+        return known.get(str(base.resolve())) or fingerprint(base)
 
     carved = not cfg.validation and cfg.val_ratio > 0
     return {
