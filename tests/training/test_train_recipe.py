@@ -234,11 +234,24 @@ def test_sft_rejects_and_counts(tokenizer_dir, demo_data, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("stage", ["pt", "sft"])
-def test_batch_layouts_and_checkpointing_learn_the_same(stage, demo_data, tokenizer_dir, tmp_path):
-    """varlen rows (default), padded rows (packing=false) and activation checkpointing are
-    different ways to compute the same thing: the same losses at every step."""
+def test_batch_layouts_and_checkpointing_learn_the_same(
+    stage, demo_data, tokenizer_dir, tmp_path, monkeypatch
+):
+    """varlen rows (default), padded rows (packing=false), activation checkpointing and compiled
+    layers are different ways to compute the same thing: the same losses at every step."""
+    import torch._dynamo.utils
+    import transformers.modeling_utils
+
+    recomputed = []  # each call is one checkpointed layer forward
+
+    def counting_checkpoint(function, *args, **kwargs):
+        recomputed.append(1)
+        return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counting_checkpoint)
+    torch._dynamo.utils.counters.clear()
     data = demo_data["corpus"] if stage == "pt" else demo_data["tasks"]
-    losses = {}
+    losses, padding = {}, {}
     for name, extra in [
         ("varlen", []),
         ("padded", ["train.packing=false"]),
@@ -246,6 +259,7 @@ def test_batch_layouts_and_checkpointing_learn_the_same(stage, demo_data, tokeni
         *([("compiled", ["train.compile=true"])] if stage == "sft" else []),
     ]:
         out = tmp_path / name
+        recomputed.clear()
         _train(
             [
                 f"stage={stage}",
@@ -264,6 +278,15 @@ def test_batch_layouts_and_checkpointing_learn_the_same(stage, demo_data, tokeni
         )
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         losses[name] = [r["loss"] for r in rows if "loss" in r]
+        manifest = json.loads((out / "manifest.json").read_text())
+        padding[name] = manifest["metrics"]["padding_fraction"]
+        if name == "checkpointed":  # the option did take effect (and only there)
+            assert recomputed
+        else:
+            assert not recomputed
+    if stage == "sft":  # the padded layout really padded; compiled layers really compiled
+        assert padding["varlen"] == 0 and padding["padded"] > 0.1
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
     assert len(losses["varlen"]) == 6
     assert losses["varlen"][-1] < losses["varlen"][0]
     for name in losses:

@@ -112,7 +112,7 @@ class TrainConfig(Group):
         "25-80 s of compiling (pays for long runs)",
     )
     activation_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass: less memory, ~1/3 slower"
+        False, description="recompute activations in the backward pass: less memory, more compute"
     )
     eval_every: int | None = Field(None, gt=0, description="validate every N steps; null: at end")
     eval_batches: int | None = Field(None, gt=0, description="cap on validation micro-batches")
