@@ -14,6 +14,9 @@ from lmforge.errors import LmforgeError, UserError
 
 # subcommand -> (module in lmforge.recipes, one-line summary)
 RECIPES: dict[str, tuple[str, str]] = {
+    "prepare": ("prepare", "curate raw data: filters, dedup, PII, splits, mixing (pipeline.yaml)"),
+    "data diff": ("", "data diff A B: documents added/removed and distribution shifts"),
+    "data dvc": ("", "data dvc PIPELINE.yaml... [-o dvc.yaml]: DVC stages for prepare runs"),
     "tokenizer": ("tokenizer", "train a tokenizer (byte-level BPE, Unigram, WordPiece)"),
     "train": ("train", "pretrain (stage: pt) or fine-tune (stage: sft), full or LoRA"),
     "generate": ("generate", "prompts file -> outputs file"),
@@ -59,9 +62,9 @@ def _split_command(argv: list[str]) -> tuple[str, list[str]]:
         return f"{argv[0]} {argv[1]}", argv[2:]
     if argv[0] in RECIPES:
         return argv[0], argv[1:]
-    if argv[0] == "export":
-        verbs = [k.split()[1] for k in RECIPES if k.startswith("export ")]
-        raise UserError(f"lmforge export needs a verb: {', '.join(verbs)}")
+    if argv[0] in ("export", "data"):
+        verbs = [k.split()[1] for k in RECIPES if k.startswith(argv[0] + " ")]
+        raise UserError(f"lmforge {argv[0]} needs a verb: {', '.join(verbs)}")
     import difflib
 
     close = difflib.get_close_matches(argv[0], list(RECIPES), n=1)
@@ -79,6 +82,10 @@ def run_command(argv: list[str]) -> int:
         print(__version__)
         return 0
     name, rest = _split_command(argv)
+    if name.startswith("data "):  # tools with their own arguments, not config recipes
+        from lmforge.recipes import data
+
+        return getattr(data, name.split()[1])(rest)
     if "-h" in rest or "--help" in rest:
         if name == "lineage":
             print("usage: lmforge lineage PATH\n\n" + RECIPES[name][1])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmforge.errors import ConfigError
 
@@ -23,6 +23,15 @@ class Group(BaseModel):
     """Base of every config group: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class RecipeConfig(Group):
+    """Fields every recipe has."""
+
+    output_dir: str = Field("runs/out", description="run directory written by this recipe")
+    force: bool = Field(
+        False, description="recompute even when a finished run with the same inputs exists"
+    )
 
 
 G = TypeVar("G", bound=Group)

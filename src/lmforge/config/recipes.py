@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lmforge.config.base import Group
+from lmforge.config.base import Group, RecipeConfig
 from lmforge.config.groups import (
     AdapterConfig,
     DataConfig,
@@ -20,13 +20,7 @@ from lmforge.config.groups import (
     TrackConfig,
     TrainConfig,
 )
-
-
-class RecipeConfig(Group):
-    output_dir: str = Field("runs/out", description="run directory written by this recipe")
-    force: bool = Field(
-        False, description="recompute even when a finished run with the same inputs exists"
-    )
+from lmforge.config.prepare import PrepareRecipe
 
 
 class TokenizerDataConfig(Group):
@@ -128,4 +122,5 @@ RECIPE_CONFIGS: dict[str, type[Group]] = {
     "evaluate": EvaluateRecipe,
     "export merge": ExportMergeRecipe,
     "demo": DemoRecipe,
+    "prepare": PrepareRecipe,
 }

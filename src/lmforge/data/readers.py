@@ -1,8 +1,9 @@
 """Readers for every input format, with a rejects file for rows that cannot be used.
 
 Formats (by suffix): jsonl (plain, .gz, .zst), JSON arrays (plain, .gz), parquet, csv/tsv, plain
-text (a document per line or per paragraph), ``Dataset.save_to_disk`` folders and LLaMA-Factory
-folders (see :mod:`lmforge.data.llamafactory`; select a dataset with ``folder#name``).
+text (a document per line or per paragraph), folders of ``part-*`` shards (what ``lmforge
+prepare`` writes), ``Dataset.save_to_disk`` folders and LLaMA-Factory folders (see
+:mod:`lmforge.data.llamafactory`; select a dataset with ``folder#name``).
 
 Malformed input is never fatal and never silent: a bad JSON line, a wrong encoding or an unusable
 row goes to the rejects file with file, line and reason, and the counts add up
@@ -101,9 +102,12 @@ def file_kind(path: str | Path) -> str:
             return "hf_disk"
         if (base / "dataset_info.json").is_file():
             return "llamafactory"
+        if shard_files(base):
+            return "shards"
         raise DataError(
-            f"{base}: a folder must be a Dataset.save_to_disk folder (state.json) or a "
-            "LLaMA-Factory folder (dataset_info.json)"
+            f"{base}: a folder must hold part-*.jsonl/.parquet shards (lmforge prepare output), "
+            "be a Dataset.save_to_disk folder (state.json) or a LLaMA-Factory folder "
+            "(dataset_info.json)"
         )
     suffixes = [s.lower() for s in base.suffixes[-2:]]
     last = suffixes[-1] if suffixes else ""
@@ -133,6 +137,15 @@ def file_kind(path: str | Path) -> str:
     )
 
 
+def shard_files(folder: Path) -> list[Path]:
+    """``part-*`` shards (jsonl, jsonl.gz, jsonl.zst, parquet) of a folder, in name order."""
+    return sorted(
+        p
+        for p in folder.glob("part-*")
+        if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet"))
+    )
+
+
 def iter_records(
     files: Iterable[str | Path], rejects: Rejects, text_mode: str = "line"
 ) -> Iterator[Record]:
@@ -143,7 +156,11 @@ def iter_records(
     """
     if text_mode not in ("line", "paragraph"):
         raise DataError(f"text_mode must be 'line' or 'paragraph', not {text_mode!r}")
+    paths = []
     for path in check_files(files):
+        # a folder of shards (prepare's data/ or data/<split>/) reads as its shards in order
+        paths.extend(shard_files(path) if file_kind(path) == "shards" else [path])
+    for path in paths:
         kind = file_kind(path)
         if kind == "jsonl":
             yield from _iter_jsonl(path, rejects)

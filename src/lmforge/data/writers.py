@@ -47,6 +47,17 @@ def _parquet_bytes(rows: list) -> bytes:
     return buf.getvalue()
 
 
+def encode_rows(rows: list, fmt: str) -> bytes:
+    """The bytes of one shard of ``rows`` in ``fmt`` (jsonl, jsonl.gz or parquet)."""
+    if fmt == "parquet":
+        return _parquet_bytes(rows)
+    if fmt == "jsonl.gz":
+        return gzip.compress(_jsonl_bytes(rows), mtime=0)
+    if fmt == "jsonl":
+        return _jsonl_bytes(rows)
+    raise UserError(f"unknown output format '{fmt}' (use one of {', '.join(FORMATS)})")
+
+
 def write_sharded(
     rows: Iterable[Any], folder: str | Path, fmt: str = "jsonl", rows_per_shard: int = 100_000
 ) -> list[Path]:
@@ -62,13 +73,7 @@ def write_sharded(
     folder = Path(folder)
     paths = []
     for index, chunk in enumerate(_chunks(rows, rows_per_shard)):
-        if fmt == "parquet":
-            data = _parquet_bytes(chunk)
-        elif fmt == "jsonl.gz":
-            data = gzip.compress(_jsonl_bytes(chunk), mtime=0)
-        else:
-            data = _jsonl_bytes(chunk)
-        paths.append(atomic_write_bytes(folder / shard_name(index, fmt), data))
+        paths.append(atomic_write_bytes(folder / shard_name(index, fmt), encode_rows(chunk, fmt)))
     return paths
 
 
