@@ -182,7 +182,8 @@ class Block:
         "eval_files",
         "model",
         "reverse_model",
-        "lexicon",
+        "tokenizer",
+        "lexicons",
     )
 
     def input_paths(self) -> list[str]:
@@ -252,6 +253,13 @@ class GlobalBlock(Block):
     def apply(self, doc: Document, state: Any, ctx: ShardContext) -> Iterable[Document]:
         raise NotImplementedError
 
+    def summary(self, state: Any) -> dict | None:
+        """What the run report shows for this block: ``report`` or ``checks`` of the state."""
+        if isinstance(state, dict):
+            found = state.get("report") or state.get("checks")
+            return found if isinstance(found, dict) else None
+        return getattr(state, "report", None)
+
     def run(self, docs: Iterable[Document], ctx: ShardContext, state: Any = None):
         for doc in docs:
             yield from self.apply(doc, state, ctx)
@@ -306,6 +314,7 @@ BLOCK_MODULES = (
     "lmforge.data.split",
     "lmforge.data.mix",
     "lmforge.data.augment",
+    "lmforge.data.augment_eda",
     "lmforge.data.basic_blocks",
 )
 

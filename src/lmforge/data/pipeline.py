@@ -299,9 +299,7 @@ def run_pipeline(
         if stage.global_block is not None:
             state_path = work / "fit.pkl"
             state = _fit(stage.global_block, sources, state_path, executor, seed, run_key, k)
-            report = getattr(state, "report", None) or (
-                state.get("report") if isinstance(state, dict) else None
-            )
+            report = stage.global_block.summary(state)
             if report:
                 global_reports[stage.global_block.name] = report
         last = k == len(stages)

@@ -17,13 +17,13 @@ demo-run/merged/model`` walks from the served model back to the generated data f
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
 from lmforge.artifacts import Run, atomic_write_json, atomic_write_text, recorded
-from lmforge.config import load_config, to_dict
+from lmforge.config import build_config, load_config, to_dict
 from lmforge.config.groups import ModelConfig
+from lmforge.config.prepare import PrepareRecipe
 from lmforge.config.recipes import (
     DemoRecipe,
     EvaluateRecipe,
@@ -31,43 +31,79 @@ from lmforge.config.recipes import (
     TokenizerRecipe,
     TrainRecipe,
 )
+from lmforge.data.noise import add_noise, write_noisy_jsonl
 from lmforge.data.synthetic import write_demo_data
 from lmforge.models.load import build_model, load_tokenizer, save_pretrained
-from lmforge.recipes import evaluate, export, tokenizer, train
+from lmforge.recipes import evaluate, export, prepare, tokenizer, train
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+def _prepare(out: Path, raw: Path, blocks: list, workers: int = 1, **extra) -> Path:
+    """One ``lmforge prepare`` run over ``raw``; returns its run directory."""
+    cfg = build_config(
+        PrepareRecipe,
+        {
+            "output_dir": str(out),
+            "inputs": [{"files": [str(raw)]}],
+            "blocks": blocks,
+            "shard_size": 1000,
+            "executor": {"kind": "local", "workers": workers},
+            **extra,
+        },
+        source=f"demo prepare {out.name}",
+    )
+    return prepare.run(cfg).dir
 
 
 def prepare_data(out: Path, cfg: DemoRecipe) -> dict[str, Path]:
-    """Generated raw files plus seeded splits, recorded as a ``data`` run."""
-    run = Run.start("data", to_dict(cfg), out)
-    with recorded(run):
-        raw = write_demo_data(
-            out / "raw", n_docs=cfg.n_docs, n_per_task=cfg.n_per_task, seed=cfg.seed
-        )
-        for role, path in raw.items():
-            run.add_input(path, f"generated_{role}")
-        rng = random.Random(cfg.seed)
-        docs = [json.loads(line) for line in raw["corpus"].read_text().splitlines()]
-        tasks = [json.loads(line) for line in raw["tasks"].read_text().splitlines()]
-        rng.shuffle(docs)
-        rng.shuffle(tasks)
-        n_val_docs = len(docs) // 20
-        n_test = len(tasks) * 15 // 100
-        splits = {
-            "corpus_train": docs[n_val_docs:],
-            "corpus_val": docs[:n_val_docs],
-            "tasks_test": tasks[:n_test],
-            "tasks_val": tasks[n_test : 2 * n_test],
-            "tasks_train": tasks[2 * n_test :],
-        }
-        files = {name: _write_jsonl(out / f"{name}.jsonl", rows) for name, rows in splits.items()}
-        for name, path in files.items():
-            run.add_output(path, name)
-        run.counts.update({name: len(rows) for name, rows in splits.items()})
-    return files
+    """Generate raw data (with planted duplicates, PII, junk and malformed rows) and curate it.
+
+    Two ``lmforge prepare`` runs: the instruction tasks (deduplicated, split 70/15/15 stratified
+    by task, near-duplicates kept inside one split) and the pretraining corpus (normalised,
+    language-checked, junk and duplicates removed, PII redacted, decontaminated against the test
+    tasks, split 95/5). Returns the split folders the later steps train and evaluate on.
+    """
+    generated = write_demo_data(
+        out / "generated", n_docs=cfg.n_docs, n_per_task=cfg.n_per_task, seed=cfg.seed
+    )
+    clean = [json.loads(line) for line in generated["corpus"].read_text().splitlines()]
+    rows, bad_lines = add_noise(clean, seed=cfg.seed)
+    (out / "raw").mkdir(parents=True, exist_ok=True)
+    raw_corpus = write_noisy_jsonl(out / "raw" / "corpus.jsonl", rows, bad_lines, cfg.seed)
+    raw_tasks = out / "raw" / "tasks.jsonl"
+    raw_tasks.write_bytes(generated["tasks"].read_bytes())
+    tasks = _prepare(
+        out / "tasks",
+        raw_tasks,
+        [
+            "normalize",
+            "exact_dedup",
+            {"split": {"ratios": [0.7, 0.15, 0.15], "stratify": "task"}},
+        ],
+        seed=cfg.seed,
+    )
+    corpus = _prepare(
+        out / "corpus",
+        raw_corpus,
+        [
+            "normalize",
+            {"langid": {"keep": ["en", "zh"]}},
+            "garbled",
+            {"length_filter": {"min_chars": 15}},
+            "exact_dedup",
+            {"minhash_dedup": {"threshold": 0.8}},
+            "pii",
+            {"decontaminate": {"eval_files": [str(tasks / "data" / "test")]}},
+            {"split": {"ratios": [0.95, 0.05], "names": ["train", "validation"]}},
+        ],
+        seed=cfg.seed,
+    )
+    return {
+        "corpus_train": corpus / "data" / "train",
+        "corpus_val": corpus / "data" / "validation",
+        "tasks_train": tasks / "data" / "train",
+        "tasks_val": tasks / "data" / "validation",
+        "tasks_test": tasks / "data" / "test",
+    }
 
 
 def _evaluate(label: str, out: Path, model: list[str], files: dict[str, Path]) -> dict:
@@ -92,7 +128,7 @@ def run(cfg: DemoRecipe) -> Run:
     started = time.time()
     demo = Run.start("demo", to_dict(cfg), out)
     with recorded(demo):
-        print("lmforge demo: 1/7 generating and splitting data")
+        print("lmforge demo: 1/7 generating raw data and curating it (lmforge prepare)")
         files = prepare_data(out / "data", cfg)
 
         print("lmforge demo: 2/7 training a tokenizer")
@@ -190,6 +226,27 @@ def run(cfg: DemoRecipe) -> Run:
     return demo
 
 
+def curation_table(data_dir: Path) -> str:
+    """What each ``prepare`` block did to the demo's raw data (from the runs' stats.json)."""
+    lines = ["What lmforge prepare did to the raw data (dropped documents: exclusions/):", ""]
+    for name in ("tasks", "corpus"):
+        stats = json.loads((data_dir / name / "stats.json").read_text(encoding="utf-8"))
+        t = stats["totals"]
+        lines += [
+            f"{name}: read {t['read']}, kept {t['kept']}, dropped {t['dropped']}, "
+            f"rejected {t['rejected']} (rejects.jsonl)",
+            "",
+            "| block | seen | kept | changed | dropped (reason: count) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for b in stats["blocks"]:
+            reasons = ", ".join(f"{r}: {n}" for r, n in b["dropped"].items()) or "-"
+            counts = f"{b['seen']} | {b['kept']} | {b['changed']}"
+            lines.append(f"| {b['name']} | {counts} | {reasons} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def build_report(out, files, tok_run, pt, sft, merged, before_pt, before, after, seconds) -> dict:
     def ppl(m):
         return m["perplexity"]["token_perplexity"]
@@ -232,8 +289,10 @@ Exact match per task (before -> after fine-tuning):
 | --- | --- | --- |
 {by_task}
 
+{curation_table(out / "data")}
+
 Artifacts:
-- data splits: {files["tasks_train"].parent}
+- curated data: {out / "data"}/{{corpus,tasks}}/ (data/, exclusions/, rejects.jsonl, report/)
 - tokenizer:   {tok_run.dir / "tokenizer"}
 - pretrained:  {pt.dir / "model"}
 - LoRA adapter: {sft.dir / "model"}
