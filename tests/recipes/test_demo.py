@@ -37,9 +37,17 @@ def test_small_demo_runs_and_traces_back_to_data(tmp_path, capsys):
 
     nodes = lineage(out / "merged" / "model")
     stages = {n["stage"] for n in nodes if n["kind"] == "run"}
-    assert {"export_merge", "sft", "pt", "tokenizer", "data"} <= stages
+    assert {"export_merge", "sft", "pt", "tokenizer", "prepare", "data"} <= stages
     files = {n["path"] for n in nodes if n["kind"] == "file"}
     assert str((out / "data" / "raw" / "corpus.jsonl").resolve()) in files
     assert str((out / "data" / "raw" / "tasks.jsonl").resolve()) in files
     text = format_lineage(nodes)
-    assert str((out / "data" / "tasks_train.jsonl").resolve()) in text
+    assert str((out / "data" / "tasks" / "data" / "train").resolve()) in text
+    # the curation step ran on the planted noise and says what it removed, by block and reason
+    corpus = json.loads((out / "data" / "corpus" / "stats.json").read_text())
+    dropped = {b["name"]: b["dropped"] for b in corpus["blocks"]}
+    assert dropped["exact_dedup"].get("exact_duplicate", 0) >= 1
+    assert dropped["minhash_dedup"].get("near_duplicate", 0) >= 1
+    assert corpus["totals"]["rejected"] == 3  # empty text, a number as text, a broken line
+    assert (out / "data" / "corpus" / "report" / "report.md").is_file()
+    assert "What lmforge prepare did" in printed

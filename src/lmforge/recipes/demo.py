@@ -62,15 +62,20 @@ def prepare_data(out: Path, cfg: DemoRecipe) -> dict[str, Path]:
     language-checked, junk and duplicates removed, PII redacted, decontaminated against the test
     tasks, split 95/5). Returns the split folders the later steps train and evaluate on.
     """
-    generated = write_demo_data(
-        out / "generated", n_docs=cfg.n_docs, n_per_task=cfg.n_per_task, seed=cfg.seed
-    )
-    clean = [json.loads(line) for line in generated["corpus"].read_text().splitlines()]
-    rows, bad_lines = add_noise(clean, seed=cfg.seed)
-    (out / "raw").mkdir(parents=True, exist_ok=True)
-    raw_corpus = write_noisy_jsonl(out / "raw" / "corpus.jsonl", rows, bad_lines, cfg.seed)
-    raw_tasks = out / "raw" / "tasks.jsonl"
-    raw_tasks.write_bytes(generated["tasks"].read_bytes())
+    raw_dir = out / "raw"
+    run = Run.start("data", to_dict(cfg), raw_dir)
+    with recorded(run):
+        generated = write_demo_data(
+            raw_dir / "generated", n_docs=cfg.n_docs, n_per_task=cfg.n_per_task, seed=cfg.seed
+        )
+        clean = [json.loads(line) for line in generated["corpus"].read_text().splitlines()]
+        rows, bad_lines = add_noise(clean, seed=cfg.seed)
+        raw_corpus = write_noisy_jsonl(raw_dir / "corpus.jsonl", rows, bad_lines, cfg.seed)
+        raw_tasks = raw_dir / "tasks.jsonl"
+        raw_tasks.write_bytes(generated["tasks"].read_bytes())
+        for role, path in (("corpus", raw_corpus), ("tasks", raw_tasks)):
+            run.add_input(path, f"generated_{role}")  # lineage ends at these files
+            run.add_output(path, f"raw_{role}")
     tasks = _prepare(
         out / "tasks",
         raw_tasks,
