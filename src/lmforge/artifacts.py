@@ -55,6 +55,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def remove_partial_writes(folder: str | Path) -> int:
+    """Delete temporary files a killed ``atomic_write_bytes`` left below ``folder``.
+
+    Only for folders one process owns (a run directory being resumed). Returns how many.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.rglob(".*.tmp-*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -9,29 +9,20 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from lmforge.data.blocks import BlockStats, FitContext, ShardContext, run_block
+from lmforge.data.blocks import BlockStats
 from lmforge.data.document import Document
 from lmforge.data.mix import Balance, Mixture, PretrainMix, apportion, balance_counts
+from lmforge.data.pipeline import run_in_memory
 from lmforge.errors import DataError
 from lmforge.text.segment import approx_tokens
 
 
 def fit_run(block, shards, seed=0):
-    ctx = FitContext(
-        len(shards),
-        lambda i: iter(shards[i]),
-        lambda fn: [fn(i, iter(shards[i])) for i in range(len(shards))],
-        seed,
-        block.name,
-    )
-    state = block.fit(ctx)
-    out, total, exclusions = [], BlockStats(), []
-    for i, shard in enumerate(shards):
-        sctx = ShardContext(i, seed, exclusions)
-        out += list(run_block(block, shard, sctx, state))
-        total.merge(sctx.stats.to_dict())
+    out, exclusions, (counts,) = run_in_memory([block], shards, seed)
+    total = BlockStats()
+    total.merge(counts)
     assert total.seen + total.added == total.kept + total.dropped_total
-    return out, total, exclusions
+    return [d for shard in out for d in shard], total, exclusions
 
 
 def labelled(counts: dict[str, int]) -> list[Document]:

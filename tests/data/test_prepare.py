@@ -141,30 +141,37 @@ def test_ray_executor_gives_the_local_output(tmp_path):
 
 
 def _many_shards(tmp: Path, out: str) -> Path:
-    data = _config(tmp, out, shard_size=1)
+    blocks = [
+        {"length_filter": {"min_chars": 10}},
+        "exact_dedup",
+        {"require_fields": {"fields": ["label"]}},
+    ]
+    data = _config(tmp, out, shard_size=1, blocks=blocks)
     return _write(tmp, data, f"{out}.yaml")
 
 
-def test_kill_and_rerun_gives_byte_identical_output(tmp_path):
+@pytest.mark.parametrize("kill_after", [20, 150])  # shards done: in stage 1, in stage 2
+def test_kill_and_rerun_gives_byte_identical_output(tmp_path, kill_after):
     """SIGKILL a real ``lmforge prepare`` mid-run, rerun it, compare with an uninterrupted run."""
     prepare(load_config(RECIPE_CONFIGS["prepare"], _many_shards(tmp_path, "whole")))
+    whole = _files(tmp_path / "whole")
+    assert json.loads(whole["stats.json"])["blocks"][1]["dropped"] == {"exact_duplicate": 1}
     config = _many_shards(tmp_path, "killed")
     cmd = [sys.executable, "-m", "lmforge", "prepare", str(config)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = tmp_path / "killed" / "work"
     deadline = time.time() + 60
-    done = []
     while time.time() < deadline and proc.poll() is None:
-        done = list(work.glob("*/s1/done-*.json"))
-        if len(done) >= 20:
+        if len(list(work.glob("*/s*/done-*.json"))) >= kill_after:
             break
         time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be killed; use more shards"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 20 <= len(list(work.glob("*/s1/done-*.json"))) < 123
+    done = len(list(work.glob("*/s*/done-*.json")))
+    assert kill_after <= done < 3 * 123
     assert subprocess.run(cmd, capture_output=True).returncode == 0
-    assert _files(tmp_path / "killed") == _files(tmp_path / "whole")
+    assert _files(tmp_path / "killed") == whole  # no leftover temporary files either
 
 
 def test_bad_pipeline_is_a_clear_user_error(tmp_path, capsys):

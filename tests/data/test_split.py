@@ -11,8 +11,8 @@ from collections import Counter, defaultdict
 import pytest
 from pydantic import ValidationError
 
-from lmforge.data.blocks import BlockStats, FitContext, ShardContext, run_block
 from lmforge.data.document import Document
+from lmforge.data.pipeline import run_in_memory
 from lmforge.data.split import Split, cross_split_pairs, kl_divergence, split_checks
 from lmforge.errors import DataError
 
@@ -52,22 +52,10 @@ def shards_of(docs, n):
 
 
 def fit_run(block, shards, seed=0):
-    ctx = FitContext(
-        len(shards),
-        lambda i: iter(shards[i]),
-        lambda fn: [fn(i, iter(shards[i])) for i in range(len(shards))],
-        seed,
-        block.name,
-    )
-    state = block.fit(ctx)
-    out, total = [], BlockStats()
-    for i, shard in enumerate(shards):
-        sctx = ShardContext(i, seed)
-        out += list(run_block(block, shard, sctx, state))
-        total.merge(sctx.stats.to_dict())
-    assert total.seen + total.added == total.kept + total.dropped_total
-    assert total.seen == total.kept and total.changed == 0  # annotating is not changing
-    return {d.id: d.metadata["split"] for d in out}, state
+    out, _, (total,) = run_in_memory([block], shards, seed)
+    assert total["seen"] + total["added"] == total["kept"] + sum(total["dropped"].values())
+    assert total["seen"] == total["kept"] and total["changed"] == 0  # annotating is not changing
+    return {d.id: d.metadata["split"] for shard in out for d in shard}, {"checks": block.checks}
 
 
 def test_ratios_strata_and_clusters():

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.artifacts import atomic_write_bytes, atomic_write_json
+from lmforge.artifacts import atomic_write_bytes, atomic_write_json, remove_partial_writes
 from lmforge.data.blocks import Block, BlockStats, FitContext, GlobalBlock, ShardContext, run_block
 from lmforge.data.document import Document
 from lmforge.data.readers import Rejects, iter_records
@@ -251,6 +251,44 @@ def fit_map_task(args: tuple) -> Any:
     return fn(shard, read_docs(Path(path)))
 
 
+# ----------------------------------------------------------------------------- in memory
+def run_in_memory(
+    blocks: Sequence[Block], shards: Sequence[Sequence[Document]], seed: int = 0
+) -> tuple[list[list[Document]], list[dict], list[dict]]:
+    """Run ``blocks`` over in-memory shards of documents: no files, no executor, no resume.
+
+    For notebooks and tests; the same blocks, order and per-document seeds as ``lmforge
+    prepare``. Returns (output shards, exclusions, per-block counts like ``stats.json``'s).
+    Global blocks ``fit`` on the previous block's output, so a list of blocks means what it
+    means in a pipeline.yaml.
+    """
+    current = [list(shard) for shard in shards]
+    exclusions: list[dict] = []
+    counts = []
+    for index, block in enumerate(blocks):
+        block.setup()
+        state = None
+        if block.is_global:
+            snapshot = current
+            ctx = FitContext(
+                num_shards=len(snapshot),
+                read_shard=lambda i, snap=snapshot: iter(snap[i]),
+                map_shards=lambda fn, snap=snapshot: [fn(i, iter(d)) for i, d in enumerate(snap)],
+                seed=seed,
+                block_name=block.name,
+            )
+            state = block.fit(ctx)
+        total = BlockStats()
+        nxt = []
+        for i, shard in enumerate(current):
+            bctx = ShardContext(i, seed, exclusions)
+            nxt.append(list(run_block(block, shard, bctx, state)))
+            total.merge(bctx.stats.to_dict())
+        counts.append({"index": index, "name": block.name, **total.to_dict()})
+        current = nxt
+    return current, exclusions, counts
+
+
 # ----------------------------------------------------------------------------- the run
 class Executor:
     """What the pipeline needs from an executor: an ordered parallel map over picklable calls."""
@@ -284,6 +322,8 @@ def run_pipeline(
     progress: Callable[[str], None] = lambda msg: None,
 ) -> PipelineResult:
     """Ingest, run every stage over every shard, and assemble ``out_dir/{data,exclusions}``."""
+    for folder in (work_dir, out_dir / "data", out_dir / "exclusions"):
+        remove_partial_writes(folder)  # what a killed run was writing when it died
     info = ingest(inputs, work_dir, shard_size, max_chars)
     num = info["shards"]
     progress(f"ingested {info['read']} rows into {num} shards ({info['rejected']} rejected)")

@@ -30,7 +30,7 @@ import numpy as np
 from lmforge.artifacts import fingerprint
 from lmforge.config.groups import DataConfig
 from lmforge.data.readers import Record, Rejects, check_files, iter_records, split_selector
-from lmforge.data.schema import RowError, to_messages, to_text
+from lmforge.data.schema import RowError, detect_format, to_messages, to_text
 from lmforge.errors import DataError
 from lmforge.training.cache import (
     Sink,
@@ -45,7 +45,7 @@ from lmforge.training.sft import encode_messages_full
 
 # Bump when pt_pieces, sft_pieces, sft.encode_messages_full or the split change their output:
 # it is part of the cache key, so entries written by the old code are no longer used.
-ENCODER_VERSION = 1
+ENCODER_VERSION = 2  # 2: plain-text rows among SFT conversations are trained on
 SPLITS = ("train", "validation")
 _TOKENIZE_BATCH = 256  # documents per tokenizer call (fast tokenizers batch in Rust)
 # DataConfig fields that do not change the units: the paths (their contents are hashed
@@ -94,8 +94,11 @@ def sft_pieces(
     for record in records:
         counts["read"] += 1
         try:
-            messages = to_messages(record.row, cfg.format)
-            ids, labels, truncated = encode_messages_full(tokenizer, messages, cfg.max_length)
+            if cfg.format == "auto" and _is_text_row(record.row):
+                ids, labels, truncated = _encode_replay_text(record.row, cfg, tokenizer)
+            else:
+                messages = to_messages(record.row, cfg.format)
+                ids, labels, truncated = encode_messages_full(tokenizer, messages, cfg.max_length)
         except RowError as exc:
             rejects.add_record(record, str(exc))
             counts["rejected"] += 1
@@ -103,6 +106,23 @@ def sft_pieces(
         counts["used"] += 1
         counts["truncated"] += int(truncated)
         yield Piece.from_labels(ids, labels), True
+
+
+def _is_text_row(row) -> bool:
+    try:
+        return detect_format(row) == "text"
+    except RowError:
+        return False
+
+
+def _encode_replay_text(row, cfg: DataConfig, tokenizer) -> tuple[list[int], list[int], bool]:
+    """A plain-text row among conversations (``prepare``'s ``pretrain_mix``): learned on every
+    token, like pretraining, as replay against forgetting. Cut to ``max_length`` (with EOS)."""
+    text = to_text(row, cfg.text_field)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    truncated = len(ids) > cfg.max_length
+    ids = ids[: cfg.max_length]
+    return ids, list(ids), truncated
 
 
 def pt_pieces(
