@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.data import report, report_plots
+from lmforge.data import report, report_render
 from lmforge.data.report import sample_diversity, summarize, tfidf_mean_distance, write_report
 from lmforge.errors import UserError
 
@@ -299,7 +299,7 @@ def test_mismatch_is_flagged(tmp_path):
 def test_without_matplotlib(tmp_path, monkeypatch):
     run = make_run(tmp_path / "run", split_folders=False)
     write_report(run)  # with plots first: the rerun must not leave them behind
-    monkeypatch.setattr(report_plots, "available", lambda: False)
+    monkeypatch.setattr(report_render, "available", lambda: False)
     text = write_report(run).read_text()
     assert "matplotlib is not installed" in text and "![" not in text
     assert not list((run / "report").glob("*.png"))

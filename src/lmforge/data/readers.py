@@ -58,7 +58,7 @@ class Rejects:
         return len(self.items)
 
     def by_reason(self) -> dict[str, int]:
-        return dict(Counter(_reason_kind(i["reason"]) for i in self.items))
+        return dict(Counter(reason_kind(i["reason"]) for i in self.items))
 
     def write(self, path: str | Path) -> Path:
         from lmforge.artifacts import atomic_write_text
@@ -67,7 +67,7 @@ class Rejects:
         return atomic_write_text(path, text)
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
     """Group reasons by their first clause so counts stay readable."""
     return reason.split(":")[0].split("(")[0].strip()
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from lmforge.artifacts import atomic_write_text
 from lmforge.data.document import Document
-from lmforge.data.readers import Rejects, iter_records
+from lmforge.data.readers import Rejects, iter_records, reason_kind
 from lmforge.errors import UserError
 from lmforge.text.segment import words
 
@@ -346,7 +346,7 @@ def reject_stats(path: Path) -> dict:
     examples: dict[str, list[str]] = {}
     if path.is_file():
         for row in iter_rows(path, Rejects()):
-            kind = str(row.get("reason", "?")).split(":")[0].split("(")[0].strip()
+            kind = reason_kind(str(row.get("reason", "?")))
             counts[kind] += 1
             shown = examples.setdefault(kind, [])
             if len(shown) < EXAMPLES:
@@ -475,15 +475,15 @@ def _collect(run_dir: str | Path, sample_size: int) -> tuple[dict, dict[str, arr
 
 def write_report(run_dir: str | Path, sample_size: int = SAMPLE_SIZE) -> Path:
     """Write ``<run>/report/`` (report.md, report.html, summary.json, PNGs); returns report.md."""
-    from lmforge.data import report_plots
-    from lmforge.data.report_plots import render_html, render_markdown, report_sections
+    from lmforge.data import report_render
+    from lmforge.data.report_render import render_html, render_markdown, report_sections
 
     summary, lengths = _collect(run_dir, sample_size)
     out = Path(run_dir) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # a rerun may have fewer plots: leave none from before
         old.unlink()
-    plots = report_plots.write_plots(summary, lengths, out) if report_plots.available() else None
+    plots = report_render.write_plots(summary, lengths, out) if report_render.available() else None
     summary["plots"] = sorted(plots) if plots is not None else None
     sections = report_sections(summary, plots)
     atomic_write_text(

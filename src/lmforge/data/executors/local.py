@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from tqdm import tqdm
+
 from lmforge.data.pipeline import Executor
 
 
@@ -23,11 +25,14 @@ class LocalExecutor(Executor):
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list:
         if self.workers == 1 or len(items) <= 1:
-            return [fn(item) for item in items]
-        if self._pool is None:
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
-        return list(self._pool.map(fn, items))
+            results = map(fn, items)
+        else:
+            if self._pool is None:
+                context = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            results = self._pool.map(fn, items)
+        # shards/s and an ETA on a terminal; silent when stderr is not one (CI, tests)
+        return list(tqdm(results, total=len(items), unit="shard", disable=None, leave=False))
 
     def close(self) -> None:
         if self._pool is not None:
