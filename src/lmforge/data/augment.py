@@ -260,11 +260,6 @@ class BackTranslate(ModelBlock):
 
     Params = BackTranslateParams
 
-    def __init__(self, params: Group | dict | None = None):
-        super().__init__(params)
-        if self.params.function:
-            import_callable(self.params.function)  # a typo fails before any work starts
-
     def setup(self) -> None:
         p = self.params
         if p.function:

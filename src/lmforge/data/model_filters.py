@@ -62,6 +62,11 @@ class ModelBlock(Block):
     """A block holding models loaded in ``setup()``: attributes starting with ``_`` are loaded
     state and are left out when the block is pickled (sent to a worker)."""
 
+    def __init__(self, params: Group | dict | None = None):
+        super().__init__(params)
+        if getattr(self.params, "function", None):
+            import_callable(self.params.function)  # a typo fails before any work starts
+
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
@@ -202,11 +207,6 @@ class ClassifierFilter(ModelBlock):
     """
 
     Params = ClassifierParams
-
-    def __init__(self, params: Group | dict | None = None):
-        super().__init__(params)
-        if self.params.function:
-            import_callable(self.params.function)  # a typo fails before any work starts
 
     def setup(self) -> None:
         p = self.params
