@@ -189,22 +189,6 @@ def test_dvc_bad_pipelines(tmp_path):
         write_dvc_yaml([tmp_path / "q.yaml"], tmp_path / "dvc.yaml")
 
 
-# Stands in for `lmforge prepare` so the DVC test checks the wiring (deps, outs, metrics), not
-# the executor: it writes the outputs a prepare run declares.
-FAKE_PREPARE = """\
-import json, pathlib, sys, yaml
-spec = yaml.safe_load(open(sys.argv[2]))
-out = pathlib.Path(spec["output_dir"])
-rows = [line for g in spec["inputs"] for f in g["files"] for line in open(f.split("#")[0])]
-(out / "data").mkdir(parents=True, exist_ok=True)
-(out / "exclusions").mkdir(exist_ok=True)
-(out / "data/part-00000.jsonl").write_text("".join(rows))
-(out / "exclusions/part-00000.jsonl").write_text("")
-(out / "rejects.jsonl").write_text("")
-(out / "stats.json").write_text(json.dumps({"totals": {"read": len(rows), "kept": len(rows)}}))
-"""
-
-
 @pytest.mark.skipif(importlib.util.find_spec("dvc") is None, reason="dvc is not installed")
 def test_dvc_repro(tmp_path):
     root = tmp_path / "project"
@@ -214,15 +198,9 @@ def test_dvc_repro(tmp_path):
     pipeline.write_text(
         yaml.safe_dump({"output_dir": "runs/p", "inputs": [{"files": ["raw.jsonl"]}]})
     )
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "lmforge").write_text(f"#!{sys.executable}\n{FAKE_PREPARE}")
-    (bin_dir / "lmforge").chmod(0o755)
-    env = {
+    env = {  # the real `lmforge prepare`, from this environment
         **os.environ,
-        "PATH": os.pathsep.join(
-            [str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]
-        ),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"),
         "HOME": str(tmp_path),
@@ -241,7 +219,8 @@ def test_dvc_repro(tmp_path):
     dvc("repro", "-q")
     assert (root / "runs/p/data/part-00000.jsonl").read_text().count("\n") == 2
     metrics = json.loads(dvc("metrics", "show", "--json"))
-    assert metrics[""]["data"]["runs/p/stats.json"]["data"]["totals"] == {"read": 2, "kept": 2}
+    totals = metrics[""]["data"]["runs/p/stats.json"]["data"]["totals"]
+    assert totals == {"read": 2, "rejected": 0, "kept": 2, "dropped": 0, "added": 0}
     assert "up to date" in dvc("status")
     (root / "raw.jsonl").write_text('{"text": "one"}\n')
     status = dvc("status")

@@ -400,7 +400,11 @@ def _fit(
 
 
 def _assemble_exclusions(work_dir: Path, folder: Path, stages: int, num: int) -> list[Path]:
-    """One exclusions shard per input shard: every stage's drops for it, in pipeline order."""
+    """One exclusions shard per input shard: every stage's drops for it, in pipeline order.
+
+    The folder always exists (empty when nothing was dropped): DVC and scripts can rely on it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(num):
         parts = [

@@ -97,8 +97,7 @@ def run(cfg: PrepareRecipe) -> Run:
             run.add_output(path, f"data:{path.relative_to(out / 'data')}")
         run.add_output(out / "data", "data")
         run.add_output(result.rejects_file, "rejects")
-        if result.exclusion_files:
-            run.add_output(out / "exclusions", "exclusions")
+        run.add_output(out / "exclusions", "exclusions")
         run.add_output(out / "stats.json", "stats")
         run.counts.update(stats["totals"])
         run.counts["dropped_by_block"] = {
