@@ -37,6 +37,16 @@ LMFORGE_METRICS = ("train_loss", "tokens", "target_tokens", "train_seconds", "to
 CONTENDED_SHARE = 0.10
 
 
+def run_main(main) -> None:
+    """``sys.exit(main())``, printing a BenchError as one line with exit code 2."""
+    try:
+        code = main()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
 class BenchError(RuntimeError):
     """A problem the user can act on; printed without a traceback."""
 

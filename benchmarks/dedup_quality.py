@@ -32,11 +32,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common import (
-    BenchError,
     format_table,
     require,
     results_path,
     run_header,
+    run_main,
     shared_file,
     write_results,
 )
@@ -340,8 +340,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

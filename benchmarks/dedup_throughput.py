@@ -40,6 +40,7 @@ from common import (
     require,
     results_path,
     run_header,
+    run_main,
     shared_file,
     write_results,
 )
@@ -272,8 +273,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

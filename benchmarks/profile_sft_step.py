@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import format_table, measure_peak_gflops  # noqa: E402
+from common import format_table, measure_peak_gflops, run_main  # noqa: E402
 from sft_lora_throughput import (  # noqa: E402
     SETTINGS,
     encode_rows,
@@ -145,4 +145,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -62,6 +62,7 @@ from common import (
     require,
     results_path,
     run_header,
+    run_main,
     run_side,
     shared_file,
     wait_until_quiet,
@@ -471,4 +472,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -323,8 +323,4 @@ def load_all_blocks() -> None:
     import importlib
 
     for module in BLOCK_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # a missing dependency inside a block module is a real error
-                raise
+        importlib.import_module(module)  # block modules import optional packages lazily

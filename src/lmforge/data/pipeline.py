@@ -369,6 +369,7 @@ def run_pipeline(
     atomic_write_bytes(rejects_file, (work_dir / "rejects.jsonl").read_bytes())
     data_files = {Path(o["path"]): o["docs"] for r in stage_results[-1] for o in r["outputs"]}
     stats = _stats(info, stages, stage_results, global_reports)
+    _READY.clear()  # in-process runs: let this run's models and states go
     return PipelineResult(stats, data_files, exclusion_files, rejects_file)
 
 
