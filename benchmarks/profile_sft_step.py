@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from lmforge.training.attention import varlen_attention
     from lmforge.training.collate import Piece, varlen_batch
     from lmforge.training.lowrank import use_fast_lowrank
-    from lmforge.training.objective import CausalLMLoss
+    from lmforge.training.objectives.causal import CausalLMLoss
 
     work = args.work or Path(tempfile.mkdtemp(prefix="lmforge-profile-"))
     need = args.batches + 2

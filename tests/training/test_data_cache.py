@@ -235,7 +235,7 @@ def test_pretraining_shards_map_back_to_the_same_blocks(tokenizer, demo_data, tm
         micro_batch(in_memory.units[:4], 0, None).values(),
         strict=True,
     ):
-        assert torch.equal(a, b)
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
 def test_no_usable_rows_is_an_error_on_a_hit_too(tokenizer, tmp_path) -> None:

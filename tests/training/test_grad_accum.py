@@ -19,7 +19,7 @@ from lmforge.models.load import build_model
 from lmforge.training import loop
 from lmforge.training.collate import micro_batch, unit_targets
 from lmforge.training.data import encode_sft
-from lmforge.training.objective import CausalLMLoss
+from lmforge.training.objectives.causal import CausalLMLoss
 
 ANSWERS = [
     "odd",

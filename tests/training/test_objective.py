@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lmforge.config.groups import AdapterConfig, ModelConfig
 from lmforge.models.load import add_lora, build_model
 from lmforge.training.collate import IGNORE, Piece, varlen_batch
-from lmforge.training.objective import CausalLMLoss, linear_cross_entropy
+from lmforge.training.objectives.causal import CausalLMLoss, linear_cross_entropy
 
 
 @pytest.mark.parametrize("bias", [False, True])

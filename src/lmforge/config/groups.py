@@ -77,6 +77,71 @@ class AdapterConfig(Group):
     )
 
 
+class ObjectiveConfig(Group):
+    """What stage ``pt`` learns (causal, masked or permutation LM, or contrastive embeddings)."""
+
+    type: Literal["auto", "clm", "mlm", "plm", "contrastive"] = Field(
+        "auto",
+        description="auto: clm for decoders, mlm for BERT-style encoders, plm for XLNet; "
+        "contrastive: SimCSE sentence embeddings",
+    )
+    mask_prob: float = Field(
+        0.15, gt=0, lt=1, description="mlm: share of tokens selected (BERT: 15%)"
+    )
+    mask_token_frac: float = Field(
+        0.8, ge=0, le=1, description="mlm: selected tokens replaced by [MASK] (BERT: 80%)"
+    )
+    random_token_frac: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="mlm: selected tokens replaced by a random token (BERT: 10%; the rest stay)",
+    )
+    plm_prob: float = Field(
+        1 / 6, gt=0, lt=1, description="plm: share of tokens predicted (XLNet: 1/K with K = 6)"
+    )
+    temperature: float = Field(
+        0.05, gt=0, description="contrastive: softmax temperature of cosine similarities"
+    )
+    pooling: Literal["mean", "first", "last"] = Field(
+        "mean", description="contrastive: sentence embedding = mean, first or last token state"
+    )
+    positive_field: str = Field(
+        "positive", description="contrastive: key of the positive text; absent: unsupervised"
+    )
+    negative_field: str = Field(
+        "negative", description="contrastive: key of an optional hard-negative text"
+    )
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.mask_token_frac + self.random_token_frac > 1:
+            raise ValueError("objective.mask_token_frac + random_token_frac must be at most 1")
+        return self
+
+
+class ClassifyConfig(Group):
+    """Stage ``cls``: sequence or token classification on an encoder (or decoder) model."""
+
+    task: Literal["sequence", "token"] = Field(
+        "sequence", description="sequence: one label per text; token: one tag per word"
+    )
+    labels: list[str] | None = Field(
+        None, description="class names in id order; null: every label in the training data"
+    )
+    label_field: str = Field("label", description="sequence: key of the label")
+    tokens_field: str = Field("tokens", description="token: key of the list of words")
+    tags_field: str = Field("tags", description="token: key of the list of tags, one per word")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="share of the target mass spread over the other classes"
+    )
+    class_weights: Literal["none", "balanced"] | list[float] = Field(
+        "none",
+        description="none; balanced (n / (classes x count), from the training labels); "
+        "or one weight per class",
+    )
+
+
 class TrainConfig(Group):
     epochs: float = Field(1.0, gt=0, description="passes over the training data")
     max_steps: int | None = Field(
@@ -199,6 +264,9 @@ class TokenizerConfig(Group):
     eos_token: str = Field("<|im_end|>", description="end of a document and of an assistant turn")
     pad_token: str = Field("<|pad|>", description="padding token")
     unk_token: str = Field("<|unk|>", description="unknown token (unigram, wordpiece)")
+    mask_token: str | None = Field(
+        None, description="mask token for masked-LM pretraining (e.g. [MASK]); null: none"
+    )
     chat_template: str = Field(
         "chatml", description="chatml, or a Jinja template string (must end turns with eos)"
     )

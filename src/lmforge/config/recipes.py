@@ -9,12 +9,14 @@ from pydantic import Field, model_validator
 from lmforge.config.base import Group, RecipeConfig
 from lmforge.config.groups import (
     AdapterConfig,
+    ClassifyConfig,
     DataConfig,
     DistributedConfig,
     ExactMatchConfig,
     GenerationConfig,
     LauncherConfig,
     ModelConfig,
+    ObjectiveConfig,
     PerplexityConfig,
     TokenizerConfig,
     TrackConfig,
@@ -35,11 +37,17 @@ class TokenizerRecipe(RecipeConfig):
 
 
 class TrainRecipe(RecipeConfig):
-    stage: Literal["pt", "sft"] = Field(
-        "sft", description="pt: pretrain on text; sft: instructions"
+    stage: Literal["pt", "sft", "cls"] = Field(
+        "sft",
+        description="pt: pretrain on text (objective.type); sft: instructions; "
+        "cls: sequence or token classification",
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="what is trained")
     data: DataConfig = Field(default_factory=DataConfig, description="training data")
+    objective: ObjectiveConfig = Field(
+        default_factory=ObjectiveConfig, description="what stage pt learns"
+    )
+    cls: ClassifyConfig = Field(default_factory=ClassifyConfig, description="stage cls")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="full or LoRA")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
     track: TrackConfig = Field(default_factory=TrackConfig, description="logging")
@@ -65,6 +73,12 @@ class TrainRecipe(RecipeConfig):
             )
         if self.stage == "sft" and self.data.format == "text":
             raise ValueError("stage sft needs conversations: data.format auto, alpaca or messages")
+        if self.stage != "pt" and self.objective.type not in ("auto", "clm"):
+            raise ValueError(
+                f"objective.type={self.objective.type} belongs to stage pt, not {self.stage}"
+            )
+        if self.stage == "cls" and self.data.format not in ("auto", "text"):
+            raise ValueError("stage cls reads labelled rows: leave data.format at auto")
         return self
 
 

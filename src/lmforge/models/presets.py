@@ -39,7 +39,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_attention_heads": 4,
         "max_position_embeddings": 512,
     },
+    # permutation LM (objective.type=plm): XLNet's two-stream relative attention
+    "tiny-xlnet": {
+        "family": "xlnet",
+        "d_model": 128,
+        "d_inner": 352,
+        "n_layer": 2,
+        "n_head": 4,
+    },
 }
+
+
+_CONFIGS = {"llama": "LlamaConfig", "bert": "BertConfig", "xlnet": "XLNetConfig"}
 
 
 def preset_config(name: str, vocab_size: int, overrides: dict | None = None, **token_ids):
@@ -53,14 +64,9 @@ def preset_config(name: str, vocab_size: int, overrides: dict | None = None, **t
     fields = {**PRESETS[name], **(overrides or {})}
     family = fields.pop("family")
     ids = {k: v for k, v in token_ids.items() if v is not None}
-    if family == "llama":
-        from transformers import LlamaConfig
+    import transformers
 
-        cls = LlamaConfig
-    else:
-        from transformers import BertConfig
-
-        cls = BertConfig
+    cls = getattr(transformers, _CONFIGS[family])
     try:
         return cls(vocab_size=vocab_size, **fields, **ids)
     except (TypeError, ValueError) as exc:

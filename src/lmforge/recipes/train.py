@@ -1,6 +1,8 @@
-"""``lmforge train CONFIG``: pretrain (``stage: pt``) or fine-tune (``stage: sft``), full or LoRA.
+"""``lmforge train CONFIG``: pretrain (``stage: pt``), fine-tune (``stage: sft``) or train a
+classifier (``stage: cls``), full or LoRA. What each stage trains is in ``training.stages``.
 
     lmforge train configs/sft_lora.yaml model.path=runs/pt train.max_steps=200
+    lmforge train configs/cls_minilm_lora.yaml              # MiniLM + LoRA text classifier
     # CPU is the default; on a GPU the same command uses it (train.device=auto)
     lmforge train configs/sft_lora.yaml launcher.nproc=2   # 2 processes (see training.distributed)
     torchrun --standalone --nproc_per_node 2 -m lmforge.cli train configs/sft_lora.yaml  # same
@@ -26,6 +28,7 @@ from lmforge.config.recipes import TrainRecipe
 from lmforge.data.readers import Rejects
 from lmforge.errors import ConfigError
 from lmforge.models.load import (
+    LABELS_FILE,
     MODEL_SUBDIR,
     add_lora,
     build_model,
@@ -38,6 +41,7 @@ from lmforge.tokenizer.templates import check_eos_template
 from lmforge.training.data import load_stage_data
 from lmforge.training.distributed import Strategy, check_available, launch, setup, torchrun_env
 from lmforge.training.loop import LoopOptions, train_loop
+from lmforge.training.stages import StagePlan, plan_stage
 
 
 def _inputs(cfg: TrainRecipe) -> dict:
@@ -75,7 +79,8 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
         return run
     with recorded(run) if main else contextlib.nullcontext(run):  # the manifest: rank 0's
         tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
-        if cfg.stage == "sft":
+        plan = plan_stage(cfg, tokenizer)  # head, data encoder, objective
+        if plan.chat:
             check_eos_template(tokenizer)
         rejects = Rejects()
         known = {i["path"]: i["fingerprint"] for i in run.inputs}  # no second hash of the data
@@ -83,7 +88,7 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
         try:
             with strategy.main_first():  # rank 0 fills the tokenised-data cache, the rest read it
                 train, val = load_stage_data(
-                    cfg.stage,
+                    plan.encoder,
                     cfg.data,
                     tokenizer,
                     rejects,
@@ -104,10 +109,18 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
             rejects_file=str(rejects_path),
             data_cache=train.cache,
         )
+        if plan.labels:
+            run.counts["labels"] = plan.labels
         if main:
             run.save()
 
-        model = build_model(cfg.model, tokenizer, seed=cfg.train.seed)
+        model = build_model(
+            cfg.model,
+            tokenizer,
+            seed=cfg.train.seed,
+            head=plan.head,
+            config_updates=plan.model_config,
+        )
         vocab = model.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > vocab:
             raise ConfigError(
@@ -125,14 +138,14 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
                 if main:
                     save_pretrained(model, tokenizer, base_dir)
             torch.manual_seed(cfg.train.seed)  # LoRA's A matrices are random: same seed, same A
-            model = add_lora(model, cfg.adapter)
+            model = add_lora(model, cfg.adapter, task_type=plan.peft_task)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         if main:
             ranks = strategy.world_size
             spread = f", {strategy.name} over {ranks} processes" if ranks > 1 else ""
             print(
-                f"lmforge: {cfg.stage} {cfg.adapter.type}: {trainable:,} of {total:,} parameters "
+                f"lmforge: {plan.name} {cfg.adapter.type}: {trainable:,} of {total:,} parameters "
                 f"trainable ({100 * trainable / total:.2f}%), {len(train.units)} training units"
                 f"{spread}"
             )
@@ -147,14 +160,17 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
             compile_layers(hf)
         # packing: each micro-batch is one row with per-sequence attention (``attention``). On a
         # model without transformers' attention interface, sft examples are packed into rows of
-        # at most max_length tokens instead; pt blocks are all max_length long: one row each.
-        capacity = cfg.data.max_length if (cfg.stage == "sft" and cfg.train.packing) else None
+        # at most max_length tokens instead; pt blocks are all max_length long: one row each;
+        # encoders and classifiers get one padded row per piece with an attention mask.
+        capacity = cfg.data.max_length if (plan.pack_rows and cfg.train.packing) else None
         opts = LoopOptions(
-            trajectory=trajectory(run, strategy.world_size),
+            trajectory=trajectory(run, strategy.world_size, plan.batch_size_matters),
             run_dir=run.dir,
             pad_id=tokenizer.pad_token_id,
             pack_capacity=capacity,
             varlen=cfg.train.packing,
+            attention_mask=plan.attention_mask,
+            objective=plan.objective,
             progress=cfg.track.progress,
             tensorboard=cfg.track.tensorboard,
             on_step=on_step,
@@ -164,7 +180,7 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
         train_cfg = cfg.train.model_copy(update={"resume": "never"}) if cfg.force else cfg.train
         run.metrics.update(train_loop(model, train.units, val.units, train_cfg, opts))
 
-        out = save_model(model, tokenizer, run.dir / MODEL_SUBDIR, base_dir, strategy)
+        out = save_model(model, tokenizer, run.dir / MODEL_SUBDIR, base_dir, strategy, plan)
         if main:
             run.add_output(out, "model")
             run.add_output(run.dir / "metrics.jsonl", "metrics")
@@ -195,18 +211,21 @@ _NOT_TRAJECTORY_TRAIN = {
 }
 
 
-def trajectory(run: Run, world_size: int = 1) -> dict:
+def trajectory(run: Run, world_size: int = 1, batch_size_matters: bool = False) -> dict:
     """What a checkpoint must agree on to be resumed: config (minus I/O keys) + input contents.
 
     A step's gradient depends on which units it takes, not on how they are split into
     micro-batches (``batch_size`` x ``grad_accum``) or processes (the loop normalises by the
     whole step's target count), so the trajectory holds the units per step, ``global_batch``:
-    4 processes x batch_size 2 resume the checkpoint of 1 process x batch_size 8.
+    4 processes x batch_size 2 resume the checkpoint of 1 process x batch_size 8. Unless
+    ``batch_size_matters``: a contrastive loss takes its negatives from the micro-batch.
     """
     config = {k: v for k, v in run.config.items() if k not in _NOT_TRAJECTORY}
     train = run.config["train"]
     config["train"] = {k: v for k, v in train.items() if k not in _NOT_TRAJECTORY_TRAIN}
     config["train"]["global_batch"] = train["batch_size"] * train["grad_accum"] * world_size
+    if batch_size_matters:
+        config["train"]["batch_size"] = train["batch_size"]
     config["data"] = {k: v for k, v in config["data"].items() if k not in _NOT_TRAJECTORY_DATA}
     return {"config": config, "inputs": {i["path"]: i["fingerprint"] for i in run.inputs}}
 
@@ -227,9 +246,15 @@ def compile_layers(hf) -> None:
 
 
 def save_model(
-    model, tokenizer, out: Path, base_dir: Path | None, strategy: Strategy | None = None
+    model,
+    tokenizer,
+    out: Path,
+    base_dir: Path | None,
+    strategy: Strategy | None = None,
+    plan: StagePlan | None = None,
 ) -> Path:
-    """Full weights, or (``base_dir`` given) the adapter with its config pointing at the base.
+    """Full weights, or (``base_dir`` given) the adapter with its config pointing at the base
+    (and, for a classifier, ``labels.json``: the base's config does not know the head).
 
     Under torchrun every rank calls this (sharded weights are gathered); rank 0 writes.
     """
@@ -242,5 +267,8 @@ def save_model(
             adapter_cfg = json.loads(config_path.read_text())
             adapter_cfg["base_model_name_or_path"] = str(Path(base_dir).resolve())
             config_path.write_text(json.dumps(adapter_cfg, indent=2))
+            if plan is not None and plan.labels:
+                labels = json.dumps(plan.labels, ensure_ascii=False, indent=1)
+                (out / LABELS_FILE).write_text(labels, encoding="utf-8")
     strategy.barrier()
     return out

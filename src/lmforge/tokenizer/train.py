@@ -29,7 +29,8 @@ def _pre_tokenizer(cfg: TokenizerConfig):
 
 
 def _build(cfg: TokenizerConfig) -> tuple[Tokenizer, object]:
-    specials = list(dict.fromkeys(cfg.special_tokens))
+    masks = [cfg.mask_token] if cfg.mask_token else []
+    specials = list(dict.fromkeys([*cfg.special_tokens, *masks]))
     if cfg.type == "byte_bpe":
         tok = Tokenizer(models.BPE())
         tok.normalizer = normalizers.NFC()
@@ -90,6 +91,8 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig):
 
     tok.train_from_iterator(batches(), trainer=trainer)
     extra = {"unk_token": cfg.unk_token} if cfg.type != "byte_bpe" else {}
+    if cfg.mask_token:
+        extra["mask_token"] = cfg.mask_token
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=cfg.eos_token,

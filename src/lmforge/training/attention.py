@@ -7,7 +7,8 @@ sequence starts, flash-attention's varlen convention). Hugging Face models that 
 - on CUDA with ``flash-attn`` installed, transformers' own ``flash_attention_2`` consumes them
   (varlen kernel);
 - everywhere else, :func:`varlen_sdpa` runs PyTorch's scaled-dot-product attention once per
-  sequence with ``is_causal=True``.
+  sequence, causal for decoders and bidirectional for encoders (the attention module's own
+  ``is_causal``, as transformers' SDPA path reads it).
 
 Why a hand-written loop instead of transformers' packed-sequence mask: that path builds a dense
 block-diagonal ``row × row`` mask, and SDPA then computes (and differentiates) every masked-out
@@ -40,7 +41,8 @@ def varlen_sdpa(
     cu_seq_lens_q: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """``(1, heads, T, d)`` packed states -> ``(1, T, heads, d)``, causal within each sequence."""
+    """``(1, heads, T, d)`` packed states -> ``(1, T, heads, d)``, attention within each sequence
+    (causal unless the module says ``is_causal = False``, as BERT-style encoders do)."""
     if cu_seq_lens_q is None or query.shape[0] != 1:
         raise RuntimeError(
             "lmforge varlen attention needs one packed row and cu_seq_lens_q "
@@ -50,6 +52,7 @@ def varlen_sdpa(
     if n_rep > 1:  # grouped-query attention: share each key/value head across its query heads
         key = key.repeat_interleave(n_rep, dim=1)
         value = value.repeat_interleave(n_rep, dim=1)
+    causal = getattr(module, "is_causal", True)
     bounds = cu_seq_lens_q.tolist()
     outs = [
         F.scaled_dot_product_attention(
@@ -57,7 +60,7 @@ def varlen_sdpa(
             key[:, :, start:end],
             value[:, :, start:end],
             dropout_p=dropout if module.training else 0.0,
-            is_causal=True,
+            is_causal=causal,
             scale=scaling,
         )
         for start, end in zip(bounds[:-1], bounds[1:], strict=True)

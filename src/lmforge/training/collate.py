@@ -7,6 +7,8 @@ pretraining block (pieces of consecutive documents). A micro-batch becomes tenso
 - ``input_ids``    ``(rows, L)`` long
 - ``position_ids`` ``(rows, L)`` long, restarting at 0 at every piece
 - ``targets``      ``(rows, L)`` long, ``-100`` on padding and on unlearned tokens
+- ``unit_sizes``   list of ints: how many (non-empty) pieces each unit contributed, in order
+  (objectives that compare pieces of a unit, like contrastive pairs, read it)
 
 Two packed layouts keep attention inside each piece:
 
@@ -19,6 +21,11 @@ Two packed layouts keep attention inside each piece:
   ``masking_utils.find_packed_sequence_indices``) turns restarting positions into a dense
   block-diagonal causal mask (O(row²), hence the capacity). Padding, when a row is shorter than
   the longest, gets its own restarting positions, so real tokens never attend to it.
+
+And one unpacked layout, **padded** (``attention_mask=True``): one row per piece, right-padded,
+with ``attention_mask`` ``(rows, L)`` (1 on real tokens). It is what bidirectional encoders need
+without varlen attention (restarting positions do not keep an encoder's attention apart), and
+what models called through their own forward (prompt tuning, unknown heads) expect.
 """
 
 from __future__ import annotations
@@ -103,10 +110,27 @@ def pack_rows(units: list[Unit], capacity: int) -> list[list[Piece]]:
     return [row for row in rows if row]
 
 
+def _unit_sizes(units: list[Unit]) -> list[int]:
+    return [sum(1 for p in u if len(p)) for u in units]
+
+
+def padded_batch(units: list[Unit], pad_id: int) -> dict:
+    """One right-padded row per piece, with ``attention["attention_mask"]``."""
+    pieces = [p for u in units for p in u if len(p)]
+    batch = collate([[p] for p in pieces], pad_id)
+    mask = torch.zeros_like(batch["input_ids"])
+    for r, piece in enumerate(pieces):
+        mask[r, : len(piece)] = 1
+    batch["attention"] = {"attention_mask": mask}
+    batch["unit_sizes"] = _unit_sizes(units)
+    return batch
+
+
 def varlen_batch(units: list[Unit]) -> dict:
     """One row holding every piece, and the ``attention`` kwargs that keep pieces apart."""
     pieces = [p for u in units for p in u if len(p)]
     batch = collate([pieces], pad_id=0)
+    batch["unit_sizes"] = _unit_sizes(units)
     lengths = torch.tensor([len(p) for p in pieces], dtype=torch.int32)
     cu = torch.zeros(len(pieces) + 1, dtype=torch.int32)
     torch.cumsum(lengths, 0, out=cu[1:])
@@ -120,10 +144,21 @@ def varlen_batch(units: list[Unit]) -> dict:
     return batch
 
 
-def micro_batch(units: list[Unit], pad_id: int, capacity: int | None, varlen: bool = False) -> dict:
-    """One varlen row; else packed rows of at most ``capacity`` tokens, or one padded row per
-    unit when ``capacity`` is ``None``."""
+def micro_batch(
+    units: list[Unit],
+    pad_id: int,
+    capacity: int | None,
+    varlen: bool = False,
+    attention_mask: bool = False,
+) -> dict:
+    """One varlen row; else one padded row per piece with an attention mask
+    (``attention_mask``); else packed rows of at most ``capacity`` tokens, or one row per unit
+    when ``capacity`` is ``None``."""
     if varlen:
         return varlen_batch(units)
+    if attention_mask:
+        return padded_batch(units, pad_id)
     rows = pack_rows(units, capacity) if capacity else [list(u) for u in units]
-    return collate(rows, pad_id)
+    batch = collate(rows, pad_id)
+    batch["unit_sizes"] = _unit_sizes(units)
+    return batch

@@ -1,4 +1,5 @@
-"""Turn training files into units (see ``collate``) for stage ``pt`` or ``sft``, with counts.
+"""Turn training files into units (see ``collate``) for a stage (pt and sft here, the others in
+``encoders``), with counts.
 
 Counts add up: ``read = used + rejected``; ``truncated`` counts used SFT examples cut to
 ``max_length``. Rejected rows go to the ``Rejects`` collector with file, line and reason, in
@@ -41,6 +42,7 @@ from lmforge.training.cache import (
     tokenizer_fingerprint,
 )
 from lmforge.training.collate import IGNORE, Piece, Unit, unit_targets
+from lmforge.training.encoders import cut_blocks
 from lmforge.training.sft import encode_messages_full
 
 # Bump when pt_pieces, sft_pieces, sft.encode_messages_full or the split change their output:
@@ -135,31 +137,44 @@ def pt_pieces(
     that fills its block comes with ``ends_unit=True``; the last block may be shorter.
     """
     eos = tokenizer.eos_token_id
-    room = cfg.max_length
-    records = iter(records)
-    while batch := list(islice(records, _TOKENIZE_BATCH)):
-        texts = []
-        for record in batch:
-            counts["read"] += 1
-            try:
-                texts.append(to_text(record.row, cfg.text_field))
-            except RowError as exc:
-                rejects.add_record(record, str(exc))
-                counts["rejected"] += 1
-        if not texts:
-            continue
-        for doc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-            ids = doc + [eos]
-            targets = ids[1:] + [IGNORE]
-            counts["used"] += 1
-            start = 0
-            while start < len(ids):
-                take = min(room, len(ids) - start)
-                room -= take
-                yield Piece(ids[start : start + take], targets[start : start + take]), room == 0
-                start += take
-                if room == 0:
-                    room = cfg.max_length
+
+    def docs() -> Iterator[list[int]]:
+        rows = iter(records)
+        while batch := list(islice(rows, _TOKENIZE_BATCH)):
+            texts = []
+            for record in batch:
+                counts["read"] += 1
+                try:
+                    texts.append(to_text(record.row, cfg.text_field))
+                except RowError as exc:
+                    rejects.add_record(record, str(exc))
+                    counts["rejected"] += 1
+            if not texts:
+                continue
+            for doc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+                counts["used"] += 1
+                yield doc + [eos]
+
+    yield from cut_blocks(docs(), cfg.max_length, targets_of=lambda ids: ids[1:] + [IGNORE])
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """How a stage turns rows into units: ``pieces`` (the signature of :func:`pt_pieces`), the
+    name and ``settings`` that go into the cache key, and whether the encoded data must hold
+    target tokens (masked LM draws its targets per step instead)."""
+
+    kind: str
+    pieces: Callable[..., Pieces]
+    settings: dict = field(default_factory=dict)
+    needs_targets: bool = True
+
+
+ENCODERS = {"pt": Encoder("pt", pt_pieces), "sft": Encoder("sft", sft_pieces)}
+
+
+def as_encoder(stage: str | Encoder) -> Encoder:
+    return stage if isinstance(stage, Encoder) else ENCODERS[stage]
 
 
 def _collect(pieces: Pieces, counts: dict) -> Encoded:
@@ -223,7 +238,7 @@ def split_sources(cfg: DataConfig, seed: int) -> dict[str, RecordSource]:
 
 
 def encode_splits(
-    stage: str,
+    stage: str | Encoder,
     cfg: DataConfig,
     tokenizer,
     rejects: Rejects,
@@ -234,7 +249,7 @@ def encode_splits(
     """Encode train then validation into ``sink_for(split)``; return the counts per split."""
     from tqdm.auto import tqdm
 
-    pieces = pt_pieces if stage == "pt" else sft_pieces
+    pieces = as_encoder(stage).pieces
     out = {}
     for split, source in split_sources(cfg, seed).items():
         counts, sink, before = _new_counts(), sink_for(split), len(rejects)
@@ -252,7 +267,7 @@ def encode_splits(
 
 # --------------------------------------------------------------------------- entry point
 def cache_key_parts(
-    stage: str, cfg: DataConfig, tokenizer, seed: int, fingerprints: dict | None = None
+    stage: str | Encoder, cfg: DataConfig, tokenizer, seed: int, fingerprints: dict | None = None
 ) -> dict:
     """What the units depend on. ``fingerprints`` (resolved path -> fingerprint, e.g. from the
     run manifest's inputs) saves hashing a large corpus twice."""
@@ -263,19 +278,23 @@ def cache_key_parts(
         return known.get(str(base.resolve())) or fingerprint(base)
 
     carved = not cfg.validation and cfg.val_ratio > 0
-    return {
+    encoder = as_encoder(stage)
+    parts = {
         "encoder": ENCODER_VERSION,
-        "stage": stage,
+        "stage": encoder.kind,
         "train": [content(p) for p in cfg.train],
         "validation": [content(p) for p in cfg.validation],
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "settings": cfg.model_dump(exclude=_NOT_IN_KEY),
         "split_seed": seed if carved else None,
     }
+    if encoder.settings:  # absent for pt/sft, so their existing cache entries stay valid
+        parts["encoding"] = encoder.settings
+    return parts
 
 
 def load_stage_data(
-    stage: str,
+    stage: str | Encoder,
     cfg: DataConfig,
     tokenizer,
     rejects: Rejects,
@@ -310,7 +329,7 @@ def load_stage_data(
             f"no usable training rows in {cfg.train}: {train.counts['rejected']} rejected "
             "(see rejects.jsonl in the run directory for the reasons)"
         )
-    if _target_tokens(train.units) == 0:
+    if as_encoder(stage).needs_targets and _target_tokens(train.units) == 0:
         raise DataError("the training data has no target tokens to learn from")
     return train, val
 

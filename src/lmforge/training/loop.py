@@ -1,9 +1,11 @@
-"""The one training loop: every stage supplies units (see ``collate``) and the causal-LM objective.
+"""The one training loop: every stage supplies units (see ``collate``) and its objective.
 
 Per optimizer step the loop takes ``batch_size * grad_accum`` units in the epoch's seeded order,
-packs each micro-batch, and normalises the summed token loss by the number of target tokens in
-the *whole* accumulated step, so ``grad_accum=4, batch_size=2`` equals ``batch_size=8``.
-Checkpoints (atomic, every ``save_every`` steps) carry everything for an exact resume.
+lets the objective prepare them (masked LM draws its targets here; see ``objectives.base``),
+packs each micro-batch, and normalises the summed loss by the objective's count for the *whole*
+accumulated step (target tokens; examples or anchors for some objectives), so
+``grad_accum=4, batch_size=2`` equals ``batch_size=8``. Checkpoints (atomic, every
+``save_every`` steps) carry everything for an exact resume.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from lmforge.config.groups import TrainConfig
 from lmforge.errors import ConfigError, MissingDependency, RunFailed
+from lmforge.eval.classification import classification_metrics
 from lmforge.training.attention import supports_varlen, varlen_attention
 from lmforge.training.checkpoint import (
     check_data_position,
@@ -28,11 +31,12 @@ from lmforge.training.checkpoint import (
     restore,
     save_checkpoint,
 )
-from lmforge.training.collate import Unit, micro_batch, unit_targets, unit_tokens
+from lmforge.training.collate import Unit, micro_batch, unit_tokens
 from lmforge.training.distributed import Strategy
 from lmforge.training.flops import FlopsProfile, matmul_peak_gflops, model_flops_utilization
 from lmforge.training.lowrank import use_fast_lowrank
-from lmforge.training.objective import CausalLMLoss
+from lmforge.training.objectives.base import Objective
+from lmforge.training.objectives.causal import CausalLMLoss
 from lmforge.training.optim import build_optimizer, lr_at
 
 
@@ -61,6 +65,11 @@ class LoopOptions:
     # one row per micro-batch with per-sequence attention, where the model supports it
     # (see ``attention``); else the ``pack_capacity`` rows
     varlen: bool = True
+    # where varlen is not used: one padded row per piece with an attention mask (encoders,
+    # classification heads) instead of rows whose restarting positions keep causal pieces apart
+    attention_mask: bool = False
+    # the stage's loss over the model (see ``objectives``); default: causal LM
+    objective: Callable[[torch.nn.Module], Objective] = CausalLMLoss
     progress: bool = True
     tensorboard: str = "auto"
     on_step: Callable[[int], None] | None = None  # called after each optimizer step (tests)
@@ -113,7 +122,7 @@ class MetricsLog:
             fh.write(json.dumps(row) + "\n")
         if self.writer is not None:
             for key, value in row.items():
-                if key != "step" and isinstance(value, int | float):
+                if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
                     self.writer.add_scalar(key, value, row["step"])
 
     def close(self) -> None:
@@ -129,9 +138,10 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
 
 
 def token_loss_sum(
-    objective: CausalLMLoss, batch: dict, autocast_dtype
-) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over target tokens, and how many there were."""
+    objective: torch.nn.Module, batch: dict, autocast_dtype, return_predictions: bool = False
+) -> tuple:
+    """The objective's summed loss over the batch and its count (target tokens for the token
+    losses); with ``return_predictions`` also the predicted and gold class of every target."""
     device = next(objective.parameters()).device
     ctx = (
         torch.autocast(device.type, dtype=autocast_dtype)
@@ -142,45 +152,90 @@ def token_loss_sum(
         k: v.to(device) if isinstance(v, torch.Tensor) else v
         for k, v in batch.get("attention", {}).items()
     }
+    extra = {"return_predictions": True} if return_predictions else {}
     with ctx:
         return objective(
             batch["input_ids"].to(device),
             batch["position_ids"].to(device),
             batch["targets"].to(device),
+            unit_sizes=batch.get("unit_sizes"),
             **attention,
+            **extra,
         )
+
+
+@dataclass
+class Layout:
+    """How the loop turns units into micro-batches (see ``collate.micro_batch``)."""
+
+    pad_id: int
+    capacity: int | None
+    varlen: bool
+    attention_mask: bool
+
+    def batch(self, units: list[Unit]) -> dict:
+        return micro_batch(units, self.pad_id, self.capacity, self.varlen, self.attention_mask)
 
 
 @torch.no_grad()
 def evaluate_loss(
-    objective: CausalLMLoss,
+    objective: torch.nn.Module,
     units: list[Unit],
     cfg: TrainConfig,
     opts: LoopOptions,
     autocast_dtype,
-    varlen: bool,
-) -> dict[str, float]:
-    """Mean token loss over ``units`` (at most ``eval_batches`` micro-batches per process);
-    under torchrun the micro-batches are shared like a training step's, and the sums reduced."""
+    layout: Layout,
+    spec: Objective | None = None,
+) -> dict:
+    """Mean loss over ``units`` (at most ``eval_batches`` micro-batches per process); under
+    torchrun the micro-batches are shared like a training step's, and the sums reduced.
+
+    ``spec`` is the unwrapped objective (``objective`` may be DDP's wrapper): it prepares the
+    units (fixed draws per micro-batch) and says whether to collect predictions, which add
+    ``eval_accuracy`` and, for classes, per-class precision/recall/F1 and the confusion matrix.
+    """
+    spec = spec or objective
     was_training = objective.training
     objective.eval()
     strategy = opts.strategy
     total, count = 0.0, 0
+    classes = list(spec.class_names) if spec.class_names else None
+    confusion = torch.zeros((len(classes),) * 2 if classes else (0, 0), dtype=torch.long)
+    correct = 0
     starts = range(0, len(units), cfg.batch_size)
     if cfg.eval_batches:
         starts = starts[: cfg.eval_batches * strategy.world_size]
     for start, weight in strategy.share(starts):
-        batch = micro_batch(
-            units[start : start + cfg.batch_size], opts.pad_id, opts.pack_capacity, varlen
-        )
-        loss, n = token_loss_sum(objective, batch, autocast_dtype)
+        chosen = spec.prepare(list(units[start : start + cfg.batch_size]), -1 - start)
+        out = token_loss_sum(objective, layout.batch(chosen), autocast_dtype, spec.eval_predictions)
         if weight:  # 0: a padding pass, so that every rank runs as many (see distributed)
-            total += float(loss)
-            count += n
-    total, count = strategy.sum_over_ranks([total, count])
+            total += float(out[0])
+            count += out[1]
+            if spec.eval_predictions:
+                pred, gold = out[2].cpu(), out[3].cpu()
+                correct += int((pred == gold).sum())
+                if classes:
+                    confusion += torch.bincount(
+                        gold * len(classes) + pred, minlength=len(classes) ** 2
+                    ).view(len(classes), len(classes))
+    total, count, correct, *cells = strategy.sum_over_ranks(
+        [total, count, correct, *confusion.flatten().tolist()]
+    )
     objective.train(was_training)
     mean = total / max(1, count)
-    return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0)), "eval_tokens": int(count)}
+    # what the loss averages over: tokens for the language-model losses, else examples
+    result: dict = {
+        "eval_loss": mean,
+        f"eval_{'tokens' if spec.perplexity else 'examples'}": int(count),
+    }
+    if spec.perplexity:
+        result["eval_ppl"] = math.exp(min(mean, 50.0))
+    if spec.eval_predictions:
+        result["eval_accuracy"] = correct / max(1, count)
+    if classes:
+        matrix = torch.tensor(cells, dtype=torch.long).view(len(classes), len(classes))
+        result.update(classification_metrics(matrix.tolist(), classes, prefix="eval_"))
+    return result
 
 
 def train_loop(
@@ -200,10 +255,16 @@ def train_loop(
     autocast_dtype = resolve_precision(cfg.precision, device)
     model.to(device)
     use_fast_lowrank(model, device)
-    objective = CausalLMLoss(model)
-    varlen = opts.varlen and supports_varlen(model)
+    spec = opts.objective(model).to(device)  # the unwrapped objective: prepare, weight, flags
+    varlen = opts.varlen and supports_varlen(model) and not spec.padded_rows
+    layout = Layout(
+        opts.pad_id,
+        opts.pack_capacity,
+        varlen,
+        not varlen and (opts.attention_mask or spec.padded_rows),
+    )
     # DDP/FSDP2 wrap the objective; FSDP2 swaps parameters for shards, so the optimizer comes after
-    objective, optimizer = strategy.prepare(objective, lambda: build_optimizer(model, cfg))
+    objective, optimizer = strategy.prepare(spec, lambda: build_optimizer(model, cfg))
     # model FLOPs utilisation: useful FLOPs (see ``flops``) against a matmul peak measured now
     flops = FlopsProfile.of(model)
     peak = matmul_peak_gflops(device, dtype=autocast_dtype or torch.float32)
@@ -267,16 +328,14 @@ def train_loop(
                     epoch_order(len(train_units), cfg.seed, epoch, cfg.shuffle),
                     epoch,
                 )
-            chosen = [
-                train_units[i] for i in order[position * per_step : (position + 1) * per_step]
-            ]
+            chosen = spec.prepare(
+                [train_units[i] for i in order[position * per_step : (position + 1) * per_step]],
+                step,
+            )
             # this rank's micro-batches of the step, and weight-0 padding passes (distributed)
             shares = strategy.share(range(0, len(chosen), cfg.batch_size))
-            batches = [
-                micro_batch(chosen[i : i + cfg.batch_size], opts.pad_id, opts.pack_capacity, varlen)
-                for i, _ in shares
-            ]
-            n_targets = sum(unit_targets(u) for u in chosen)  # the whole step's, on every rank
+            batches = [layout.batch(chosen[i : i + cfg.batch_size]) for i, _ in shares]
+            n_targets = sum(spec.weight(u) for u in chosen)  # the whole step's, on every rank
             lr = lr_at(step, total, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -339,7 +398,7 @@ def train_loop(
                 )
                 window = dict(empty_window)
             if val_units and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
-                evals = evaluate_loss(objective, val_units, cfg, opts, autocast_dtype, varlen)
+                evals = evaluate_loss(objective, val_units, cfg, opts, autocast_dtype, layout, spec)
                 log.log({"step": done, **evals})
                 result.update(evals)
             if (cfg.save_every and done % cfg.save_every == 0) or done == total:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lmforge.training.collate import IGNORE
+from lmforge.training.objectives.base import Objective, kept
 
 # model types whose CausalLM head is exactly ``lm_head(final_hidden_states)``
 _PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gemma", "smollm3"}
@@ -85,45 +85,51 @@ def linear_cross_entropy(hidden, weight, bias, targets, chunk: int | None = None
     return LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk)
 
 
-class CausalLMLoss(torch.nn.Module):
-    """``(input_ids, position_ids, targets, **attention kwargs) -> (summed loss, target count)``."""
+class CausalLMLoss(Objective):
+    """``(input_ids, position_ids, targets, **attention kwargs) -> (summed loss, target count)``.
+
+    Pretraining and SFT: each target is the next token (already shifted, see ``collate``).
+    """
+
+    name = "causal-lm"
 
     def __init__(self, model: torch.nn.Module, chunk: int | None = None):
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.chunk = chunk
-        hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hf = self.hf
         head = hf.get_output_embeddings()
         self.fused = (
             getattr(hf.config, "model_type", None) in _PLAIN_HEAD
             and type(head) is torch.nn.Linear
             and hf.get_decoder() is not hf
         )
-        self._hf = [hf]  # a list: not registered as a second copy of the submodule
 
     def forward(
         self,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
         targets: torch.Tensor,
+        unit_sizes: list[int] | None = None,
+        return_predictions: bool = False,
         **kwargs,
-    ) -> tuple[torch.Tensor, int]:
-        keep = targets != IGNORE
-        wanted = targets[keep]
-        if self.fused:
-            hf = self._hf[0]
+    ) -> tuple:
+        keep, wanted = kept(targets)
+        if self.fused and not return_predictions:
+            hf = self.hf
             hidden = hf.get_decoder()(
                 input_ids=input_ids, position_ids=position_ids, use_cache=False, **kwargs
             ).last_hidden_state[keep]
             head = hf.get_output_embeddings()
             loss = linear_cross_entropy(hidden, head.weight, head.bias, wanted, self.chunk)
-        else:
-            logits = self.model(
-                input_ids=input_ids,
-                position_ids=position_ids,
-                use_cache=False,
-                logits_to_keep=keep,
-                **kwargs,
-            ).logits
-            loss = F.cross_entropy(logits.float(), wanted, reduction="sum")
+            return loss, int(wanted.numel())
+        logits = self.model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            use_cache=False,
+            logits_to_keep=keep,
+            **kwargs,
+        ).logits.float()
+        loss = F.cross_entropy(logits, wanted, reduction="sum")
+        if return_predictions:
+            return loss, int(wanted.numel()), logits.argmax(-1), wanted
         return loss, int(wanted.numel())

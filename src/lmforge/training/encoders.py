@@ -1,0 +1,250 @@
+"""Encoders for the stages beyond causal pretraining and SFT: rows -> pieces (see ``collate``).
+
+Every encoder has the signature of ``data.pt_pieces``: it reads records, updates
+``counts`` (read / used / rejected / truncated), sends unusable rows to ``rejects`` with the
+reason, and yields ``(piece, ends_unit)``. They run through the same tokenised-data cache.
+
+- :func:`masked_lm_pieces`: documents with the tokenizer's own special tokens (``[CLS] … [SEP]``
+  for BERT), cut into blocks of ``max_length`` like pretraining; no targets yet (masked LM
+  draws them per step, see ``objectives.masked``).
+- :func:`contrastive_pieces`: ``[anchor, positive(, negative)]`` units.
+- :func:`sequence_label_pieces`: one piece per example with its class as the target of the
+  pooled position (first token for encoders, last for decoders; see ``objectives.heads``).
+- :func:`token_label_pieces`: words and one tag per word; the first sub-token of each word
+  learns the tag, the other sub-tokens and the special tokens learn nothing (the usual rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+from lmforge.data.readers import Record, Rejects
+from lmforge.data.schema import RowError, to_text
+from lmforge.training.collate import IGNORE, Piece
+
+Pieces = Iterator[tuple[Piece, bool]]
+_BATCH = 256  # rows per tokenizer call
+
+
+def cut_blocks(docs: Iterable[list[int]], max_length: int, targets_of=None) -> Pieces:
+    """Token lists concatenated in order and cut into blocks of ``max_length`` tokens; a
+    document cut by a block boundary continues in the next block as a new piece. ``targets_of``
+    maps a document's ids to its targets (default: nothing learned)."""
+    room = max_length
+    for ids in docs:
+        targets = targets_of(ids) if targets_of else [IGNORE] * len(ids)
+        start = 0
+        while start < len(ids):
+            take = min(room, len(ids) - start)
+            room -= take
+            yield Piece(ids[start : start + take], targets[start : start + take]), room == 0
+            start += take
+            if room == 0:
+                room = max_length
+
+
+def _texts(batch: list[Record], text_field: str, rejects: Rejects, counts: dict) -> list[str]:
+    texts = []
+    for record in batch:
+        counts["read"] += 1
+        try:
+            texts.append(to_text(record.row, text_field))
+        except RowError as exc:
+            rejects.add_record(record, str(exc))
+            counts["rejected"] += 1
+    return texts
+
+
+def masked_lm_pieces(
+    records: Iterable[Record], cfg, tokenizer, rejects: Rejects, counts: dict
+) -> Pieces:
+    def docs() -> Iterator[list[int]]:
+        rows = iter(records)
+        while batch := list(islice(rows, _BATCH)):
+            texts = _texts(batch, cfg.text_field, rejects, counts)
+            if texts:
+                for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]:
+                    counts["used"] += 1
+                    yield ids
+
+    yield from cut_blocks(docs(), cfg.max_length)
+
+
+def _encode_one(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]:
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    return ids[:max_length], len(ids) > max_length
+
+
+@dataclass
+class PairFields:
+    positive: str = "positive"
+    negative: str = "negative"
+
+
+def contrastive_pieces(
+    records: Iterable[Record],
+    cfg,
+    tokenizer,
+    rejects: Rejects,
+    counts: dict,
+    fields: PairFields | None = None,
+) -> Pieces:
+    """A unit per row: the anchor (``cfg.text_field``), its positive (the ``positive`` field;
+    absent: the anchor itself, unsupervised SimCSE) and an optional hard ``negative``."""
+    fields = fields or PairFields()
+    for record in records:
+        counts["read"] += 1
+        try:
+            anchor = to_text(record.row, cfg.text_field)
+            row = record.row if isinstance(record.row, dict) else {}
+            texts = [anchor, _optional_text(row, fields.positive) or anchor]
+            negative = _optional_text(row, fields.negative)
+            if negative is not None:
+                texts.append(negative)
+        except RowError as exc:
+            rejects.add_record(record, str(exc))
+            counts["rejected"] += 1
+            continue
+        encoded = [_encode_one(tokenizer, t, cfg.max_length) for t in texts]
+        counts["used"] += 1
+        counts["truncated"] += int(any(cut for _, cut in encoded))
+        for k, (ids, _) in enumerate(encoded):
+            yield Piece(ids, [IGNORE] * len(ids)), k == len(encoded) - 1
+
+
+def _optional_text(row: dict, key: str) -> str | None:
+    value = row.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise RowError(f"field '{key}' must be a non-empty string")
+    return value
+
+
+# --------------------------------------------------------------------------- classification
+def label_name(value: Any) -> str:
+    """Labels are compared as strings: ``1``, ``"1"`` and ``1.0`` are different only if they
+    print differently; booleans print as ``true``/``false``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise RowError(f"label {value!r:.40} is a {type(value).__name__}, expected a string or number")
+
+
+def sorted_labels(names: Iterable[str]) -> list[str]:
+    """Numeric labels in numeric order, then the rest alphabetically."""
+
+    def key(name: str):
+        try:
+            return (0, float(name), "")
+        except ValueError:
+            return (1, 0.0, name)
+
+    return sorted(set(names), key=key)
+
+
+@dataclass
+class LabelFields:
+    task: str = "sequence"  # sequence | token
+    label: str = "label"
+    tokens: str = "tokens"
+    tags: str = "tags"
+    names: list[str] = field(default_factory=list)  # index = class id
+    pool: str = "first"  # sequence: the position that carries the label (first | last)
+
+    def __post_init__(self) -> None:
+        self._index = {n: i for i, n in enumerate(self.names)}
+
+    def index(self, value: Any) -> int:
+        """The class id of a label value; a label outside ``names`` is a RowError."""
+        name = label_name(value)
+        if name not in self._index:
+            shown = ", ".join(self.names[:8]) + ("..." if len(self.names) > 8 else "")
+            raise RowError(
+                f"label {name!r} is not one of the {len(self.names)} training labels ({shown})"
+            )
+        return self._index[name]
+
+
+def row_labels(row: Any, fields: LabelFields) -> list[str]:
+    """The label names one row holds (one for sequence tasks, one per word for token tasks)."""
+    if not isinstance(row, dict):
+        raise RowError(f"row is a {type(row).__name__}, expected a JSON object")
+    if fields.task == "token":
+        tags = row.get(fields.tags)
+        if not isinstance(tags, list):
+            raise RowError(f"field '{fields.tags}' must be a list of tags")
+        return [label_name(t) for t in tags]
+    if fields.label not in row:
+        raise RowError(f"missing field '{fields.label}'")
+    return [label_name(row[fields.label])]
+
+
+def collect_labels(records: Iterable[Record], fields: LabelFields) -> list[str]:
+    """Every label name in ``records`` (rows that cannot be read are skipped here; encoding
+    rejects them with the reason)."""
+    names: set[str] = set()
+    for record in records:
+        try:
+            names.update(row_labels(record.row, fields))
+        except RowError:
+            continue
+    return sorted_labels(names)
+
+
+def sequence_label_pieces(
+    records: Iterable[Record], cfg, tokenizer, rejects: Rejects, counts: dict, fields: LabelFields
+) -> Pieces:
+    for record in records:
+        counts["read"] += 1
+        try:
+            text = to_text(record.row, cfg.text_field)
+            label = fields.index(row_labels(record.row, fields)[0])
+        except RowError as exc:
+            rejects.add_record(record, str(exc))
+            counts["rejected"] += 1
+            continue
+        ids, cut = _encode_one(tokenizer, text, cfg.max_length)
+        targets = [IGNORE] * len(ids)
+        targets[0 if fields.pool == "first" else len(ids) - 1] = label
+        counts["used"] += 1
+        counts["truncated"] += int(cut)
+        yield Piece(ids, targets), True
+
+
+def token_label_pieces(
+    records: Iterable[Record], cfg, tokenizer, rejects: Rejects, counts: dict, fields: LabelFields
+) -> Pieces:
+    for record in records:
+        counts["read"] += 1
+        try:
+            words, tags = _words_and_tags(record.row, fields)
+        except RowError as exc:
+            rejects.add_record(record, str(exc))
+            counts["rejected"] += 1
+            continue
+        encoding = tokenizer(words, is_split_into_words=True, add_special_tokens=True)
+        ids = encoding["input_ids"]
+        targets, previous = [], None
+        for word in encoding.word_ids():
+            first = word is not None and word != previous
+            targets.append(tags[word] if first else IGNORE)
+            previous = word
+        cut = len(ids) > cfg.max_length
+        counts["used"] += 1
+        counts["truncated"] += int(cut)
+        yield Piece(ids[: cfg.max_length], targets[: cfg.max_length]), True
+
+
+def _words_and_tags(row: Any, fields: LabelFields) -> tuple[list[str], list[int]]:
+    names = row_labels(row, fields)
+    words = row.get(fields.tokens)
+    if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+        raise RowError(f"field '{fields.tokens}' must be a non-empty list of strings")
+    if len(words) != len(names):
+        raise RowError(f"{len(words)} tokens but {len(names)} tags")
+    return words, [fields.index(n) for n in names]

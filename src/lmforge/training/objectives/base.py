@@ -1,0 +1,75 @@
+"""What every objective gives the training loop.
+
+An objective is the loss of a stage: one ``nn.Module`` that wraps the model (so DDP and FSDP
+wrap a single forward) and maps a packed batch (see ``training.collate``) to
+``(summed loss, count)``. The loop divides the summed loss of each micro-batch by the whole
+optimizer step's normaliser, so gradient accumulation and the number of processes do not
+change the gradient. Per optimizer step the loop calls::
+
+    units = objective.prepare(units, step)            # e.g. masked LM: mask ~15% of tokens
+    normaliser = sum(objective.weight(u) for u in units)
+    loss, count = wrapped(input_ids, position_ids, targets, unit_sizes=..., **attention)
+
+``prepare`` must be a pure function of the units and the step (seeded, the same on every
+rank), so that a resumed run and every process of a distributed one see the same targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from lmforge.training.collate import IGNORE, Unit, unit_targets
+
+
+def hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class Objective(torch.nn.Module):
+    """Base class: ``forward(input_ids, position_ids, targets, **kw) -> (loss sum, count)``.
+
+    ``targets`` ``(rows, L)`` hold what each position learns (``-100``: nothing), so most
+    objectives read their labels from it: next tokens (causal LM), original tokens (masked
+    LM), tags (token classification) or the class at the pooled position (sequence
+    classification). With ``return_predictions=True`` the forward also returns the predicted
+    and the gold class of every target, for evaluation metrics.
+    """
+
+    name = "objective"
+    # class names of the predictions (a confusion matrix per evaluation); None: no class metrics
+    class_names: Sequence[str] | None = None
+    # evaluation asks the forward for predictions (accuracy; per class with class_names)
+    eval_predictions = False
+    # the loss is a token cross-entropy whose exp() is a perplexity worth logging
+    perplexity = True
+    # the objective calls the model's own forward on padded rows (no varlen, attention mask)
+    padded_rows = False
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self._hf = [hf_model(model)]  # a list: not registered as a second copy of the submodule
+        # (units, step) -> units: targets drawn per step (masked LM); None: units as they are
+        self.preparer = None
+
+    @property
+    def hf(self) -> torch.nn.Module:
+        return self._hf[0]
+
+    def prepare(self, units: list[Unit], step: int) -> list[Unit]:
+        """The units of optimizer step ``step`` as the loss sees them (default: unchanged).
+        Evaluation passes ``step = -1 - k`` for its k-th micro-batch."""
+        return self.preparer(units, step) if self.preparer is not None else units
+
+    def weight(self, unit: Unit) -> int:
+        """This unit's share of a step's normaliser (default: its target tokens)."""
+        return unit_targets(unit)
+
+
+def kept(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(boolean mask of positions with a target, those targets in row-major order)."""
+    keep = targets != IGNORE
+    return keep, targets[keep]
