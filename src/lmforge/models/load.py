@@ -135,9 +135,15 @@ def lora_targets(model: torch.nn.Module, cfg: AdapterConfig) -> list[str]:
     return available if cfg.target_modules == "all-linear" else list(cfg.target_modules)
 
 
-def add_lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
-    """Wrap ``model`` with a PEFT LoRA adapter."""
+def add_lora(
+    model: torch.nn.Module, cfg: AdapterConfig, new_token_ids: list[int] | None = None
+) -> torch.nn.Module:
+    """Wrap ``model`` with a PEFT LoRA adapter. ``new_token_ids``: tokens just added to the
+    vocabulary, whose embedding (and output) rows train too (PEFT trainable tokens), so that the
+    model can learn a new end-of-turn token though the embeddings are otherwise frozen."""
     from peft import LoraConfig, get_peft_model
+
+    from lmforge.models.vocab import trainable_token_indices
 
     targets = lora_targets(model, cfg)
     lora = LoraConfig(
@@ -146,6 +152,9 @@ def add_lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
         lora_dropout=cfg.dropout,
         target_modules=targets,
         task_type="CAUSAL_LM",
+        trainable_token_indices=(
+            trainable_token_indices(model, new_token_ids) if new_token_ids else None
+        ),
     )
     return get_peft_model(model, lora)
 
