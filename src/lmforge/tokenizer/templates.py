@@ -179,7 +179,8 @@ def _answer(tokenizer, messages: list[dict], tools=None) -> str:
 def renders_tools(tokenizer) -> bool:
     """Whether the template shows tool definitions, tool calls and tool results (probed once
     per template and EOS). A template that raises on them or silently drops them does not."""
-    key = (tokenizer.chat_template, tokenizer.eos_token, tokenizer.bos_token)
+    # repr: a tokenizer may hold a dict of named templates
+    key = (repr(tokenizer.chat_template), tokenizer.eos_token, tokenizer.bos_token)
     if key not in _TOOL_SUPPORT:
         import jinja2
 
