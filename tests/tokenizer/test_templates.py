@@ -4,6 +4,8 @@ applying a template does to a tokenizer lmforge trained."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lmforge.config.groups import TokenizerConfig
@@ -277,8 +279,10 @@ def test_tokenizer_trained_with_llama3_template() -> None:
     tok = train_tokenizer((d["text"] for d in make_corpus(50, seed=0)), cfg)
     check_eos_template(tok)
     assert len(tok("<|eot_id|>", add_special_tokens=False)["input_ids"]) == 1
-    with pytest.raises(ValueError, match="must also be listed"):
-        TokenizerConfig(chat_template="llama3", special_tokens=["<|pad|>"], eos_token="<|x|>")
+    with pytest.raises(ValueError, match=re.escape("set tokenizer.eos_token=<|eot_id|> (or")):
+        TokenizerConfig(chat_template="llama3", eos_token="<|im_end|>")
+    with pytest.raises(ValueError, match="chat template 'vicuna' is unknown"):
+        TokenizerConfig(chat_template="vicuna")
 
 
 def test_llamafactory_tool_rows_become_tool_calls() -> None:

@@ -168,6 +168,8 @@ def test_dataset_settings_are_checked() -> None:
         DataConfig(dataset_dir="d", dataset=["a"], train=["other.jsonl"])
     with pytest.raises(ValueError, match="has 1 values for 2 datasets"):
         DataConfig(dataset_dir="d", dataset="a,b", interleave_probs="1.0")
+    with pytest.raises(ValueError, match="use one of chatml, qwen, llama3, alpaca, default"):
+        DataConfig(template="vicuna")
     with pytest.raises(ValueError, match="mixes data.dataset entries"):
         DataConfig(train=["x.jsonl"], mix_strategy="interleave_under")
     cfg = DataConfig(dataset_dir="d", dataset="a,b", eval_dataset=["c"], interleave_probs="0.3,0.7")

@@ -9,6 +9,19 @@ from pydantic import Field, field_validator, model_validator
 from lmforge.config.base import Group
 
 
+def _chat_template(value: str | None) -> str | None:
+    """A template name or Jinja string (checked when the config is read, not after training)."""
+    from lmforge.errors import ConfigError
+    from lmforge.tokenizer.templates import resolve_template
+
+    if value is not None:
+        try:
+            resolve_template(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 class ModelConfig(Group):
     preset: str | None = Field(
         None,
@@ -132,6 +145,8 @@ class DataConfig(Group):
                 raise ValueError(f"set data.{key} or data.{target}, not both")
             data[target] = derived  # the files every reader, fingerprint and manifest uses
         return data
+
+    _template_known = field_validator("template")(_chat_template)
 
     @model_validator(mode="after")
     def _mixing_fits(self):
@@ -299,11 +314,16 @@ class TokenizerConfig(Group):
         if not (eos or specials):
             return data
         data = dict(data)
-        if eos and "eos_token" not in data:
-            data["eos_token"] = eos
+        if eos and data.setdefault("eos_token", eos) != eos:
+            raise ValueError(
+                f"tokenizer.chat_template={data['chat_template']} ends turns with {eos}: set "
+                f"tokenizer.eos_token={eos} (or leave it unset)"
+            )
         given = data.get("special_tokens", cls.model_fields["special_tokens"].default_factory())
         data["special_tokens"] = list(dict.fromkeys([*given, *specials, *([eos] if eos else [])]))
         return data
+
+    _template_known = field_validator("chat_template")(_chat_template)
 
     @model_validator(mode="after")
     def _specials_declared(self):

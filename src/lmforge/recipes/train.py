@@ -117,7 +117,9 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
             run.save()
 
         model = build_model(cfg.model, tokenizer, seed=cfg.train.seed)
-        new_ids = fit_model_to_template(model, tokenizer, template, seed=cfg.train.seed)
+        new_ids = fit_model_to_template(
+            model, tokenizer, template, seed=cfg.train.seed, check=cfg.stage == "sft"
+        )
         vocab = model.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > vocab:
             raise ConfigError(

@@ -239,9 +239,12 @@ def check_generation_eos(model, tokenizer) -> None:
         )
 
 
-def fit_model_to_template(model, tokenizer, change: TemplateChange | None, seed: int = 0):
+def fit_model_to_template(
+    model, tokenizer, change: TemplateChange | None, seed: int = 0, check: bool = True
+):
     """After :func:`apply_template`: grow the embeddings for the added tokens (mean-initialised
-    rows, see ``models.vocab``) and make generation stop on the new EOS as well.
+    rows, see ``models.vocab``) and make generation stop on the new EOS as well; then (``check``)
+    :func:`check_generation_eos`.
 
     Returns the ids of the added tokens (empty when none were added).
     """
@@ -254,5 +257,6 @@ def fit_model_to_template(model, tokenizer, change: TemplateChange | None, seed:
     if change is not None and change.eos_changed and hasattr(model, "generation_config"):
         gen = model.generation_config
         gen.eos_token_id = list(dict.fromkeys([tokenizer.eos_token_id, *_as_ids(gen.eos_token_id)]))
-    check_generation_eos(model, tokenizer)
+    if check:
+        check_generation_eos(model, tokenizer)
     return new_ids
