@@ -36,6 +36,7 @@ def test_the_expected_configs_ship() -> None:
         "generate.yaml",
         "evaluate.yaml",
         "export_merge.yaml",
+        "sft_llamafactory.yaml",
     } <= names
 
 
@@ -53,6 +54,11 @@ def test_training_configs_say_what_they_are() -> None:
     assert pretrain.adapter.type == "full"
     sft = load_config(RECIPE_CONFIGS["train"], CONFIGS / "sft_lora.yaml")
     assert sft.stage == "sft" and sft.adapter.type == "lora" and sft.model.path
+    lf = load_config(RECIPE_CONFIGS["train"], CONFIGS / "sft_llamafactory.yaml")
+    assert lf.data.dataset == ["alpaca_en_demo", "identity", "glaive_toolcall_en_demo"]
+    assert lf.data.train == [f"data#{n}" for n in lf.data.dataset]  # dataset_dir + names
+    assert lf.data.template == "qwen" and lf.data.mix_strategy == "interleave_under"
+    assert set(lf.data.placeholders) == {"name", "author"}  # identity.json's placeholders
 
 
 @pytest.fixture

@@ -266,6 +266,8 @@ def test_llamafactory_sharegpt_tags_and_kto(tmp_path):
     assert [m["role"] for m in records[1].row["messages"]] == [
         "user", "tool_call", "tool", "assistant"
     ]  # fmt: skip
+    with pytest.raises(RowError, match="not a function call with a 'name'"):
+        to_messages(records[1].row)  # its call is "{}"
     assert records[1].row["label"] is False and records[1].line == 3
     src = str(folder / "chat.jsonl")
     assert sorted((i["line"], i["reason"].split(":")[0]) for i in rejects.items) == [
@@ -332,7 +334,11 @@ def test_real_llamafactory_demo(shared):
     assert all("messages" in r.row for r in records)
     used = _convert(records, rejects)
     assert used + len(rejects) == len(raw)
-    assert all(i["reason"] for i in rejects.items)
+    # glaive's function calls and observations are tool calls and tool results, not rejects
+    assert used == len(raw) and len(rejects) == 0
+    converted = [to_messages(r.row) for r in records]
+    assert sum(bool(m.get("tool_calls")) for c in converted for m in c) > 100
+    assert sum(m["role"] == "tool" for c in converted for m in c) > 100
 
     raw_c4 = (folder / "c4_demo.jsonl").read_text(encoding="utf-8").splitlines()
     records, rejects = read([f"{folder}#c4_demo"])

@@ -230,7 +230,9 @@ def test_sft_rejects_and_counts(tokenizer_dir, demo_data, tmp_path) -> None:
     assert rejects[1][2].startswith("malformed JSON")
     assert rejects[2][2] == "missing field 'output'"
     counts = json.loads((out / "manifest.json").read_text())["counts"]["train"]
+    tasks = counts.pop("tasks")  # the demo rows name their task; the added ones do not
     assert counts == {"read": 16, "used": 13, "rejected": 3, "truncated": 1}
+    assert sum(tasks.values()) == 13 - 1  # every used row but the long answer has a task
 
 
 @pytest.mark.parametrize("stage", ["pt", "sft"])

@@ -9,6 +9,19 @@ from pydantic import Field, field_validator, model_validator
 from lmforge.config.base import Group
 
 
+def _chat_template(value: str | None) -> str | None:
+    """A template name or Jinja string (checked when the config is read, not after training)."""
+    from lmforge.errors import ConfigError
+    from lmforge.tokenizer.templates import resolve_template
+
+    if value is not None:
+        try:
+            resolve_template(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 class ModelConfig(Group):
     preset: str | None = Field(
         None,
@@ -65,6 +78,89 @@ class DataConfig(Group):
         gt=0,
         description="tokens per cache shard file; bounds memory while writing (16M: ~128 MB)",
     )
+    template: str | None = Field(
+        None,
+        description="chat template put on the tokenizer and saved with the model: chatml, qwen, "
+        "llama3, alpaca, default or a Jinja string; null: the tokenizer's own",
+    )
+    default_system: str | None = Field(
+        None,
+        description="system message given to conversations without one (replaces the "
+        "template's default system prompt)",
+    )
+    # LLaMA-Factory dataset folders, with LLaMA-Factory's key names
+    dataset_dir: str | None = Field(
+        None, description="LLaMA-Factory dataset folder (holds dataset_info.json)"
+    )
+    dataset: list[str] = Field(
+        default_factory=list,
+        description="training datasets named in dataset_dir's dataset_info.json (sets data.train)",
+    )
+    eval_dataset: list[str] = Field(
+        default_factory=list,
+        description="validation datasets from dataset_dir; empty: val_ratio of each dataset",
+    )
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
+        "concat",
+        description="several datasets: concat; interleave_under (sample until one runs out); "
+        "interleave_over (sample until each was seen whole, repeating the small ones)",
+    )
+    interleave_probs: list[float] | None = Field(
+        None, description="sampling probability of each data.dataset (interleave_*); null: equal"
+    )
+    placeholders: dict[str, str] = Field(
+        default_factory=dict,
+        description="values for {{key}} in the data, e.g. {name: Forge, author: ACME} for "
+        "LLaMA-Factory's identity.json (unfilled {{name}}/{{author}} rows are rejected)",
+    )
+    task_field: str = Field(
+        "task",
+        description="row key naming the row's task (per-task eval loss, task_prefix); rows of a "
+        "data.dataset entry without one take the dataset's name",
+    )
+    task_prefix: dict[str, str] = Field(
+        default_factory=dict,
+        description="text put before the first user message of each task's rows, "
+        "e.g. {summarize: 'Summarize: '}",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _llamafactory_lists(cls, data):
+        """Comma-separated strings as LLaMA-Factory writes them; data.dataset -> data.train."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in ("dataset", "eval_dataset", "interleave_probs"):
+            if isinstance(data.get(key), str):
+                data[key] = [x.strip() for x in data[key].split(",") if x.strip()]
+        folder = data.get("dataset_dir")
+        for key, target in (("dataset", "train"), ("eval_dataset", "validation")):
+            if not data.get(key):
+                continue
+            if not folder:
+                raise ValueError(f"data.{key} needs data.dataset_dir (holding dataset_info.json)")
+            derived = [f"{folder}#{name}" for name in data[key]]
+            if data.get(target) and list(data[target]) != derived:
+                raise ValueError(f"set data.{key} or data.{target}, not both")
+            data[target] = derived  # the files every reader, fingerprint and manifest uses
+        return data
+
+    _template_known = field_validator("template")(_chat_template)
+
+    @model_validator(mode="after")
+    def _mixing_fits(self):
+        if self.interleave_probs is not None:
+            if len(self.interleave_probs) != len(self.dataset):
+                raise ValueError(
+                    f"data.interleave_probs has {len(self.interleave_probs)} values for "
+                    f"{len(self.dataset)} datasets in data.dataset"
+                )
+            if any(p < 0 for p in self.interleave_probs) or sum(self.interleave_probs) <= 0:
+                raise ValueError("data.interleave_probs must be >= 0 and not all 0")
+        if self.mix_strategy != "concat" and not self.dataset:
+            raise ValueError(f"data.mix_strategy={self.mix_strategy} mixes data.dataset entries")
+        return self
 
 
 class AdapterConfig(Group):
@@ -272,6 +368,30 @@ class TokenizerConfig(Group):
     )
     split_digits: bool = Field(True, description="one token per digit (helps arithmetic)")
     lowercase: bool = Field(False, description="lowercase text before tokenising (wordpiece)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _template_tokens(cls, data):
+        """A named chat template brings its special tokens, and its end-of-turn token as the
+        default eos_token (llama3: <|eot_id|>)."""
+        if not isinstance(data, dict) or not isinstance(data.get("chat_template"), str):
+            return data
+        from lmforge.tokenizer.templates import template_tokens
+
+        eos, specials = template_tokens(data["chat_template"])
+        if not (eos or specials):
+            return data
+        data = dict(data)
+        if eos and data.setdefault("eos_token", eos) != eos:
+            raise ValueError(
+                f"tokenizer.chat_template={data['chat_template']} ends turns with {eos}: set "
+                f"tokenizer.eos_token={eos} (or leave it unset)"
+            )
+        given = data.get("special_tokens", cls.model_fields["special_tokens"].default_factory())
+        data["special_tokens"] = list(dict.fromkeys([*given, *specials, *([eos] if eos else [])]))
+        return data
+
+    _template_known = field_validator("chat_template")(_chat_template)
 
     @model_validator(mode="after")
     def _specials_declared(self):

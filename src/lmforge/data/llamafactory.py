@@ -10,11 +10,11 @@ understands:
 - ``formatting: sharegpt`` -> ``messages`` with ``role``/``content``, using the dataset's ``tags``
   (``role_tag``, ``content_tag``, ``user_tag``, ``assistant_tag``, ``observation_tag``,
   ``function_tag``, ``system_tag``); function calls become role ``tool_call`` and observations
-  role ``tool`` (the conversation schema does not train on them yet, so ``to_messages`` rejects
-  such rows with the reason).
+  role ``tool`` (``to_messages`` turns them into assistant tool calls and tool results).
 - ``ranking: true`` -> the prompt (as above, without the answer) plus ``chosen`` and ``rejected``
   answer strings.
-- ``kto_tag`` -> ``label`` (bool); ``tools`` is kept as ``tools``.
+- ``kto_tag`` -> ``label`` (bool); ``tools`` is kept as ``tools``; a row's own ``id`` and ``task``
+  (strings; not LLaMA-Factory columns) are kept, for lineage and per-task training.
 
 A row that cannot be mapped goes to the rejects with its file, line and the reason.
 """
@@ -31,6 +31,7 @@ from lmforge.data.schema import RowError
 from lmforge.errors import DataError
 
 INFO = "dataset_info.json"
+KEPT = ("id", "task")  # row keys carried over when they hold strings
 DEFAULT_COLUMNS = {
     "prompt": "instruction",
     "query": "input",
@@ -166,6 +167,7 @@ class RowMapper:
         tools = self._get(row, "tools")
         if tools not in (None, "", []):
             out["tools"] = tools
+        out.update({k: row[k] for k in KEPT if isinstance(row.get(k), str) and k not in out})
         kto = self._get(row, "kto_tag")
         if self.columns.get("kto_tag"):
             if not isinstance(kto, bool):

@@ -1,26 +1,41 @@
 """The one example schema every stage uses, and converters from the formats users bring.
 
 - plain text: ``{"text": str}``
-- conversation: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
+- conversation: ``{"messages": [message, ...], "tools": [function schema, ...]}`` (tools optional)
+
+A message is ``{"role": "system"|"user"|"assistant"|"tool", "content": str}``; an assistant
+message may carry ``"tool_calls": [{"type": "function", "function": {"name": str, "arguments":
+dict}}, ...]`` (the layout ``transformers`` chat templates read) and ``"loss": false`` (an
+assistant turn kept as context but not learned). A ``tool`` message is a tool's result. A tool is
+``{"type": "function", "function": {"name", "description", "parameters"}}``.
 
 Readers convert alpaca (``instruction``/``input``/``output``/``system``/``history``), ``messages``
 and sharegpt (``conversations`` with ``from``/``value``) rows into this once; stages never parse raw
-formats. A row that cannot be converted raises :class:`RowError` with the reason, and the caller
-writes it to the rejects file.
+formats. LLaMA-Factory's function calls (role ``tool_call`` or sharegpt ``function_call``, whose
+content is the call as JSON: ``{"name": ..., "arguments": {...}}`` or a list of them) become
+assistant messages with ``tool_calls``; its observations (``observation``) become ``tool``
+messages; OpenAI-style calls whose ``arguments`` is a JSON string are parsed. A row that cannot be
+converted raises :class:`RowError` with the reason, and the caller writes it to the rejects file.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+TOOL_CALL = "tool_call"  # input only: a call written as JSON, becomes assistant + tool_calls
 _SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
     "gpt": "assistant",
     "assistant": "assistant",
     "system": "system",
+    "function_call": TOOL_CALL,
+    "observation": "tool",
+    "tool": "tool",
 }
+_PASSED_KEYS = ("name", "tool_call_id")  # kept on tool messages (OpenAI layout) when strings
 
 
 class RowError(ValueError):
@@ -92,6 +107,54 @@ def alpaca_to_messages(row: dict) -> list[dict]:
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
 
 
+def _json(value: Any, what: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise RowError(f"{what} is not valid JSON ({exc.msg})") from None
+
+
+def _tool_call(value: Any, where: str) -> dict:
+    """One call in the schema's layout from ``{"name", "arguments"}`` (LLaMA-Factory, Llama's
+    ``"parameters"``) or ``{"type": "function", "function": {...}}`` (OpenAI)."""
+    call = value.get("function", value) if isinstance(value, dict) else None
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
+        raise RowError(f"{where} is not a function call with a 'name'")
+    arguments = call.get("arguments", call.get("parameters", {}))
+    arguments = _json(arguments, f"{where} arguments")
+    if not isinstance(arguments, dict):
+        raise RowError(f"{where} arguments are {type(arguments).__name__}, expected an object")
+    return {"type": "function", "function": {"name": call["name"], "arguments": arguments}}
+
+
+def _tool_calls(value: Any, where: str) -> list[dict]:
+    calls = value if isinstance(value, list) else [value]
+    if not calls:
+        raise RowError(f"{where} holds no function call")
+    return [_tool_call(c, f"{where} call {j}") for j, c in enumerate(calls)]
+
+
+def tools_of(row: Any) -> list[dict] | None:
+    """The row's tool definitions (``tools``: a list, or the JSON string LLaMA-Factory stores) in
+    the schema's layout, or None when it has none."""
+    tools = row.get("tools") if isinstance(row, dict) else None
+    tools = _json(tools, "'tools'")
+    if tools in (None, "", [], {}):
+        return None
+    tools = [tools] if isinstance(tools, dict) else tools
+    if not isinstance(tools, list):
+        raise RowError(f"'tools' is {type(tools).__name__}, expected a list of functions")
+    out = []
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) and "function" in tool else tool
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise RowError(f"tool {i} is not a function with a 'name'")
+        out.append({"type": "function", "function": fn})
+    return out
+
+
 def _check_messages(messages: Any) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise RowError("'messages' must be a non-empty list")
@@ -100,12 +163,38 @@ def _check_messages(messages: Any) -> list[dict]:
         if not isinstance(m, dict):
             raise RowError(f"message {i} is not an object")
         role, content = m.get("role"), m.get("content")
+        if role == TOOL_CALL:  # the call is the content, as JSON
+            if not isinstance(content, str | dict | list):
+                raise RowError(f"message {i} ({TOOL_CALL}) content is not a function call")
+            calls = _tool_calls(_json(content, f"message {i} ({TOOL_CALL})"), f"message {i}")
+            out.append({"role": "assistant", "content": "", "tool_calls": calls})
+            continue
         if role not in ROLES:
-            raise RowError(f"message {i} has role {role!r}; expected one of {ROLES}")
+            raise RowError(f"message {i} has role {role!r}; expected one of {(*ROLES, TOOL_CALL)}")
+        if content is None and role == "assistant" and m.get("tool_calls"):
+            content = ""  # OpenAI: a message that only calls tools has content null
         if not isinstance(content, str):
             raise RowError(f"message {i} content is {type(content).__name__}, expected a string")
-        out.append({"role": role, "content": content})
+        message: dict = {"role": role, "content": content}
+        if m.get("tool_calls"):
+            if role != "assistant":
+                raise RowError(f"message {i} is a {role} message with tool_calls")
+            message["tool_calls"] = _tool_calls(m["tool_calls"], f"message {i}")
+        if role == "assistant" and "loss" in m:
+            if not isinstance(m["loss"], bool):
+                raise RowError(f"message {i} 'loss' must be true or false")
+            message["loss"] = m["loss"]
+        if role == "tool":
+            message.update({k: m[k] for k in _PASSED_KEYS if isinstance(m.get(k), str)})
+        out.append(message)
     return out
+
+
+def is_answer(message: dict) -> bool:
+    """An assistant turn with something to learn: text or tool calls."""
+    return message["role"] == "assistant" and bool(
+        message["content"].strip() or message.get("tool_calls")
+    )
 
 
 def to_messages(row: Any, fmt: str = "auto") -> list[dict]:
@@ -133,7 +222,7 @@ def to_messages(row: Any, fmt: str = "auto") -> list[dict]:
         raise RowError(f"format '{fmt}' is not a conversation format")
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError("no assistant message to learn from")
-    if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+    if not is_answer(messages[-1]):
         raise RowError("the last message must be a non-empty assistant answer")
     return messages
 

@@ -274,12 +274,20 @@ def lora_targets(model: torch.nn.Module, cfg: AdapterConfig) -> list[str]:
 
 
 def add_lora(
-    model: torch.nn.Module, cfg: AdapterConfig, task_type: str = "CAUSAL_LM"
+    model: torch.nn.Module,
+    cfg: AdapterConfig,
+    task_type: str | None = "CAUSAL_LM",
+    new_token_ids: list[int] | None = None,
 ) -> torch.nn.Module:
     """Wrap ``model`` with a PEFT LoRA adapter. ``task_type`` (PEFT's: CAUSAL_LM, SEQ_CLS,
-    TOKEN_CLS, FEATURE_EXTRACTION) decides which head PEFT also trains and saves in full (the
-    new classifier of SEQ_CLS and TOKEN_CLS) and how the adapter is reloaded."""
+    TOKEN_CLS, FEATURE_EXTRACTION; None: its generic model) decides which head PEFT also trains
+    and saves in full (the new classifier of SEQ_CLS and TOKEN_CLS) and how the adapter is
+    reloaded. ``new_token_ids``: tokens just added to the vocabulary, whose embedding (and
+    output) rows train too (PEFT trainable tokens), so that the model can learn a new
+    end-of-turn token though the embeddings are otherwise frozen."""
     from peft import LoraConfig, get_peft_model
+
+    from lmforge.models.vocab import trainable_token_indices
 
     targets = lora_targets(model, cfg)
     lora = LoraConfig(
@@ -288,6 +296,9 @@ def add_lora(
         lora_dropout=cfg.dropout,
         target_modules=targets,
         task_type=task_type,
+        trainable_token_indices=(
+            trainable_token_indices(model, new_token_ids) if new_token_ids else None
+        ),
     )
     return get_peft_model(model, lora)
 

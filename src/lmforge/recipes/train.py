@@ -25,7 +25,7 @@ import torch
 from lmforge.artifacts import Run, recorded
 from lmforge.config import to_dict
 from lmforge.config.recipes import TrainRecipe
-from lmforge.data.readers import Rejects
+from lmforge.data.readers import Rejects, split_selector
 from lmforge.errors import ConfigError
 from lmforge.models.load import (
     LABELS_FILE,
@@ -37,15 +37,19 @@ from lmforge.models.load import (
     resolve_dir,
     save_pretrained,
 )
-from lmforge.tokenizer.templates import check_eos_template
+from lmforge.tokenizer.templates import apply_template, check_eos_template, fit_model_to_template
 from lmforge.training.data import load_stage_data
+from lmforge.training.datasets import mixing_summary
 from lmforge.training.distributed import Strategy, check_available, launch, setup, torchrun_env
 from lmforge.training.loop import LoopOptions, train_loop
+from lmforge.training.multitask import task_evaluator
 from lmforge.training.stages import StagePlan, plan_stage
 
 
 def _inputs(cfg: TrainRecipe) -> dict:
-    inputs: dict = {"train_data": cfg.data.train, "validation_data": cfg.data.validation}
+    data = {"train_data": cfg.data.train, "validation_data": cfg.data.validation}
+    # folder#dataset (LLaMA-Factory): the folder
+    inputs: dict = {role: [str(split_selector(f)[0]) for f in fs] for role, fs in data.items()}
     if cfg.model.path:
         inputs["base_model"] = str(resolve_dir(cfg.model.path))
     if cfg.model.tokenizer:
@@ -79,6 +83,8 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
         return run
     with recorded(run) if main else contextlib.nullcontext(run):  # the manifest: rank 0's
         tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+        # data.template: the tokenizer gets it (and its tokens, its EOS); saved with the model
+        template = apply_template(tokenizer, cfg.data.template) if cfg.data.template else None
         plan = plan_stage(cfg, tokenizer)  # head, data encoder, objective
         if plan.chat:
             check_eos_template(tokenizer)
@@ -108,9 +114,12 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
             validation_units=len(val.units),
             rejects_file=str(rejects_path),
             data_cache=train.cache,
+            **({"chat_template": template.as_dict()} if template else {}),
         )
         if plan.labels:
             run.counts["labels"] = plan.labels
+        if mix := mixing_summary(cfg.data, cfg.train.seed):
+            run.counts["mixing"] = mix
         if main:
             run.save()
 
@@ -120,6 +129,9 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
             seed=cfg.train.seed,
             head=plan.head,
             config_updates=plan.model_config,
+        )
+        new_ids = fit_model_to_template(
+            model, tokenizer, template, seed=cfg.train.seed, check=plan.chat
         )
         vocab = model.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > vocab:
@@ -131,14 +143,14 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
         if cfg.adapter.type == "lora":
             lora_targets(model, cfg.adapter)  # fail on a bad target before writing anything
             # a preset base exists nowhere else: save it (before LoRA wraps it) for later loading
-            if cfg.model.path:
+            if cfg.model.path and not new_ids:  # grown embeddings: the base is saved here
                 base_dir = resolve_dir(cfg.model.path)
             else:
                 base_dir = run.dir / "base"
                 if main:
                     save_pretrained(model, tokenizer, base_dir)
             torch.manual_seed(cfg.train.seed)  # LoRA's A matrices are random: same seed, same A
-            model = add_lora(model, cfg.adapter, task_type=plan.peft_task)
+            model = add_lora(model, cfg.adapter, task_type=plan.peft_task, new_token_ids=new_ids)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         if main:
@@ -175,6 +187,7 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
             tensorboard=cfg.track.tensorboard,
             on_step=on_step,
             strategy=strategy,
+            evaluate=task_evaluator(val.counts),  # eval loss per task, when rows have tasks
         )
         # force=true recomputes: start over instead of resuming the finished checkpoint
         train_cfg = cfg.train.model_copy(update={"resume": "never"}) if cfg.force else cfg.train
@@ -260,6 +273,9 @@ def save_model(
     """
     strategy = strategy or Strategy()
     state = strategy.model_state(model)
+    if base_dir is not None:  # PEFT compares vocabularies with it: a grown one is in base_dir
+        for peft_cfg in getattr(model, "peft_config", {}).values():
+            peft_cfg.base_model_name_or_path = str(Path(base_dir).resolve())
     if strategy.is_main:
         save_pretrained(model, tokenizer, out, state)
         if base_dir is not None:

@@ -31,7 +31,7 @@ import numpy as np
 from lmforge.artifacts import fingerprint
 from lmforge.config.groups import DataConfig
 from lmforge.data.readers import Record, Rejects, check_files, iter_records, split_selector
-from lmforge.data.schema import RowError, detect_format, to_messages, to_text
+from lmforge.data.schema import RowError, detect_format, to_text
 from lmforge.errors import DataError
 from lmforge.training.cache import (
     Sink,
@@ -43,16 +43,27 @@ from lmforge.training.cache import (
 )
 from lmforge.training.collate import IGNORE, Piece, Unit, unit_targets
 from lmforge.training.encoders import cut_blocks
+from lmforge.training.multitask import count_task, group_by_task, prepare_conversation, task_of
 from lmforge.training.sft import encode_messages_full
 
 # Bump when pt_pieces, sft_pieces, sft.encode_messages_full or the split change their output:
 # it is part of the cache key, so entries written by the old code are no longer used.
-ENCODER_VERSION = 2  # 2: plain-text rows among SFT conversations are trained on
+# 2: plain-text rows among SFT conversations are trained on; 3: tool calls, tool results and
+# system/task prefixes are encoded, validation is in task order, "folder#name" keys by name
+ENCODER_VERSION = 3
 SPLITS = ("train", "validation")
 _TOKENIZE_BATCH = 256  # documents per tokenizer call (fast tokenizers batch in Rust)
 # DataConfig fields that do not change the units: the paths (their contents are hashed
 # instead), where the cache lives, and max_examples (applied after the cache)
-_NOT_IN_KEY = {"train", "validation", "cache", "cache_dir", "cache_shard_tokens", "max_examples"}
+_NOT_IN_KEY = {
+    "train",
+    "validation",
+    "dataset_dir",
+    "cache",
+    "cache_dir",
+    "cache_shard_tokens",
+    "max_examples",
+}
 
 
 @dataclass
@@ -99,13 +110,16 @@ def sft_pieces(
             if cfg.format == "auto" and _is_text_row(record.row):
                 ids, labels, truncated = _encode_replay_text(record.row, cfg, tokenizer)
             else:
-                messages = to_messages(record.row, cfg.format)
-                ids, labels, truncated = encode_messages_full(tokenizer, messages, cfg.max_length)
+                messages, tools = prepare_conversation(record.row, cfg)
+                ids, labels, truncated = encode_messages_full(
+                    tokenizer, messages, cfg.max_length, tools
+                )
         except RowError as exc:
             rejects.add_record(record, str(exc))
             counts["rejected"] += 1
             continue
         counts["used"] += 1
+        count_task(counts, task_of(record.row, cfg.task_field))
         counts["truncated"] += int(truncated)
         yield Piece.from_labels(ids, labels), True
 
@@ -215,7 +229,12 @@ def split_sources(cfg: DataConfig, seed: int) -> dict[str, RecordSource]:
 
     Carving validation out of train reads the train files three times (count, train,
     validation) instead of holding them in memory; only the train pass reports reader rejects.
+    LLaMA-Factory datasets (``data.dataset``) are mixed by ``training.datasets``.
     """
+    if cfg.dataset:
+        from lmforge.training.datasets import dataset_split_sources  # it builds on held_out
+
+        return dataset_split_sources(cfg, seed)
     if cfg.validation:
         return {
             "train": lambda rej: iter_records(cfg.train, rej),
@@ -249,12 +268,14 @@ def encode_splits(
     """Encode train then validation into ``sink_for(split)``; return the counts per split."""
     from tqdm.auto import tqdm
 
-    pieces = as_encoder(stage).pieces
+    encoder = as_encoder(stage)
     out = {}
     for split, source in split_sources(cfg, seed).items():
         counts, sink, before = _new_counts(), sink_for(split), len(rejects)
         rows = tqdm(source(rejects), desc=f"tokenising {split}", unit=" rows", disable=not progress)
-        for piece, ends_unit in pieces(rows, cfg, tokenizer, rejects, counts):
+        if encoder.kind == "sft" and split == "validation":  # per-task eval slices (multitask)
+            rows = group_by_task(rows, cfg.task_field)
+        for piece, ends_unit in encoder.pieces(rows, cfg, tokenizer, rejects, counts):
             sink.add(piece, ends_unit)
         sink.close()
         # rows the reader could not parse (bad JSON, bad UTF-8) are read-and-rejected too
@@ -274,8 +295,9 @@ def cache_key_parts(
     known = fingerprints or {}
 
     def content(path: str) -> str:
-        base = split_selector(path)[0]  # folder#dataset: the folder's content
-        return known.get(str(base.resolve())) or fingerprint(base)
+        base, name = split_selector(path)  # folder#dataset: the folder's content + the name
+        found = known.get(str(base.resolve())) or fingerprint(base)
+        return found if name is None else f"{found}#{name}"
 
     carved = not cfg.validation and cfg.val_ratio > 0
     encoder = as_encoder(stage)

@@ -78,6 +78,9 @@ class LoopOptions:
     trajectory: dict = field(default_factory=dict)
     # how the processes torchrun started share each step; one process by default
     strategy: Strategy = field(default_factory=Strategy)
+    # replaces evaluate_loss (same arguments and result, plus more metrics), e.g. the per-task
+    # losses of training.multitask.task_evaluator
+    evaluate: Callable[..., dict] | None = None
 
 
 @dataclass
@@ -398,7 +401,8 @@ def train_loop(
                 )
                 window = dict(empty_window)
             if val_units and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
-                evals = evaluate_loss(objective, val_units, cfg, opts, autocast_dtype, layout, spec)
+                evaluate = opts.evaluate or evaluate_loss
+                evals = evaluate(objective, val_units, cfg, opts, autocast_dtype, layout, spec)
                 log.log({"step": done, **evals})
                 result.update(evals)
             if (cfg.save_every and done % cfg.save_every == 0) or done == total:
