@@ -63,6 +63,14 @@ class DataConfig(Group):
     )
     text_field: str = Field("text", description="key holding the text for format=text")
     max_length: int = Field(512, gt=1, description="tokens per example (sft) or per block (pt)")
+    long_examples: Literal["truncate", "segment"] = Field(
+        "truncate",
+        description="sft: an example longer than max_length is cut (truncate), or trained "
+        "in windows of max_length that share segment_overlap tokens of context (segment)",
+    )
+    segment_overlap: int = Field(
+        64, gt=0, description="segment: context tokens a window repeats from the one before"
+    )
     max_examples: int | None = Field(
         None, gt=0, description="use at most this many training examples (after reading)"
     )
@@ -160,6 +168,11 @@ class DataConfig(Group):
                 raise ValueError("data.interleave_probs must be >= 0 and not all 0")
         if self.mix_strategy != "concat" and not self.dataset:
             raise ValueError(f"data.mix_strategy={self.mix_strategy} mixes data.dataset entries")
+        if self.long_examples == "segment" and self.segment_overlap >= self.max_length:
+            raise ValueError(
+                f"data.segment_overlap ({self.segment_overlap}) must be below data.max_length "
+                f"({self.max_length}): each window must hold new tokens"
+            )
         return self
 
 

@@ -2,7 +2,7 @@
 ``encoders``), with counts.
 
 Counts add up: ``read = used + rejected``; ``truncated`` counts used SFT examples cut to
-``max_length``. Rejected rows go to the ``Rejects`` collector with file, line and reason, in
+``max_length``, ``segmented`` those trained in windows instead (``data.long_examples=segment``). Rejected rows go to the ``Rejects`` collector with file, line and reason, in
 file order.
 
 Encoding streams: records are read one at a time and an encoder (:func:`pt_pieces`,
@@ -44,7 +44,7 @@ from lmforge.training.cache import (
 from lmforge.training.collate import IGNORE, Piece, Unit, unit_targets
 from lmforge.training.encoders import cut_blocks
 from lmforge.training.multitask import count_task, group_by_task, prepare_conversation, task_of
-from lmforge.training.sft import encode_messages_full
+from lmforge.training.sft import encode_messages_full, segments
 
 # Bump when pt_pieces, sft_pieces, sft.encode_messages_full or the split change their output:
 # it is part of the cache key, so entries written by the old code are no longer used.
@@ -107,12 +107,13 @@ def sft_pieces(
     for record in records:
         counts["read"] += 1
         try:
+            whole = cfg.long_examples == "segment"
             if cfg.format == "auto" and _is_text_row(record.row):
-                ids, labels, truncated = _encode_replay_text(record.row, cfg, tokenizer)
+                ids, labels, truncated = _encode_replay_text(record.row, cfg, tokenizer, whole)
             else:
                 messages, tools = prepare_conversation(record.row, cfg)
                 ids, labels, truncated = encode_messages_full(
-                    tokenizer, messages, cfg.max_length, tools
+                    tokenizer, messages, cfg.max_length, tools, keep_whole=whole
                 )
         except RowError as exc:
             rejects.add_record(record, str(exc))
@@ -120,6 +121,13 @@ def sft_pieces(
             continue
         counts["used"] += 1
         count_task(counts, task_of(record.row, cfg.task_field))
+        if truncated and whole:  # one unit per window; every label learned once
+            counts["segmented"] = counts.get("segmented", 0) + 1
+            for window_ids, window_labels in segments(
+                ids, labels, cfg.max_length, cfg.segment_overlap
+            ):
+                yield Piece.from_labels(window_ids, window_labels), True
+            continue
         counts["truncated"] += int(truncated)
         yield Piece.from_labels(ids, labels), True
 
@@ -131,13 +139,17 @@ def _is_text_row(row) -> bool:
         return False
 
 
-def _encode_replay_text(row, cfg: DataConfig, tokenizer) -> tuple[list[int], list[int], bool]:
+def _encode_replay_text(
+    row, cfg: DataConfig, tokenizer, whole: bool = False
+) -> tuple[list[int], list[int], bool]:
     """A plain-text row among conversations (``prepare``'s ``pretrain_mix``): learned on every
-    token, like pretraining, as replay against forgetting. Cut to ``max_length`` (with EOS)."""
+    token, like pretraining, as replay against forgetting. Cut to ``max_length`` (with EOS),
+    unless ``whole`` (segmented later)."""
     text = to_text(row, cfg.text_field)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     truncated = len(ids) > cfg.max_length
-    ids = ids[: cfg.max_length]
+    if not whole:
+        ids = ids[: cfg.max_length]
     return ids, list(ids), truncated
 
 

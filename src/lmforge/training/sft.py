@@ -30,7 +30,11 @@ def _uses_tools(messages: list[dict], tools) -> bool:
 
 
 def encode_messages_full(
-    tokenizer, messages: list[dict], max_length: int, tools: list[dict] | None = None
+    tokenizer,
+    messages: list[dict],
+    max_length: int,
+    tools: list[dict] | None = None,
+    keep_whole: bool = False,
 ) -> tuple[list[int], list[int], bool]:
     """``(input_ids, labels, truncated)`` for one conversation; ``tools``: its function schemas.
 
@@ -38,7 +42,7 @@ def encode_messages_full(
     (through its EOS) and ``-100`` elsewhere (unshifted, Hugging Face convention). Raises
     :class:`RowError` when the first prompt alone does not fit in ``max_length`` tokens, or the
     template cannot render the conversation's tools; otherwise a long conversation is cut to
-    ``max_length`` and ``truncated`` is True.
+    ``max_length`` (``keep_whole``: not cut, for :func:`segments`) and ``truncated`` is True.
     """
     if _uses_tools(messages, tools) and not renders_tools(tokenizer):
         raise RowError(
@@ -84,7 +88,32 @@ def encode_messages_full(
             "raise data.max_length or shorten the prompt"
         )
     truncated = len(ids) > max_length
+    if keep_whole:
+        return ids, labels, truncated
     return ids[:max_length], labels[:max_length], truncated
+
+
+def segments(
+    ids: list[int], labels: list[int], max_length: int, overlap: int
+) -> list[tuple[list[int], list[int]]]:
+    """A long example as windows of at most ``max_length`` tokens, each repeating the last
+    ``overlap`` tokens of the one before as context, so that every label is learned exactly
+    once: in a window after the first, the labels of the repeated tokens are ignored (the
+    window before learned them), and the first new token is predicted from the context.
+    Windows with nothing to learn are left out. ``1 <= overlap < max_length``."""
+    if not 1 <= overlap < max_length:
+        raise ValueError(f"overlap must be in [1, {max_length}), got {overlap}")
+    out, start = [], 0
+    while True:
+        end = min(start + max_length, len(ids))
+        window = list(labels[start:end])
+        if start:
+            window[:overlap] = [IGNORE] * overlap
+        if any(x != IGNORE for x in window[1:]):  # position 0 predicts nothing of its own
+            out.append((list(ids[start:end]), window))
+        if end == len(ids):
+            return out
+        start = end - overlap
 
 
 def encode_messages(
