@@ -2,8 +2,8 @@
 ``encoders``), with counts.
 
 Counts add up: ``read = used + rejected``; ``truncated`` counts used SFT examples cut to
-``max_length``, ``segmented`` those trained in windows instead (``data.long_examples=segment``). Rejected rows go to the ``Rejects`` collector with file, line and reason, in
-file order.
+``max_length``, ``segmented`` those trained in windows instead (``data.long_examples=segment``).
+Rejected rows go to the ``Rejects`` collector with file, line and reason, in file order.
 
 Encoding streams: records are read one at a time and an encoder (:func:`pt_pieces`,
 :func:`sft_pieces`) yields ``(piece, ends_unit)`` into a *sink*: a list in memory
