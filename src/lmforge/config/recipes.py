@@ -67,6 +67,16 @@ class TrainRecipe(RecipeConfig):
             raise ValueError("stage sft needs conversations: data.format auto, alpaca or messages")
         return self
 
+    @model_validator(mode="after")
+    def _eval_watch_needs_validation(self):
+        watched = self.train.early_stopping.patience is not None or self.train.load_best_at_end
+        if watched and not (self.data.validation or self.data.val_ratio > 0):
+            raise ValueError(
+                "train.early_stopping and train.load_best_at_end watch an evaluation metric: "
+                "give data.validation files or a data.val_ratio"
+            )
+        return self
+
 
 class GenerateRecipe(RecipeConfig):
     model: ModelConfig = Field(default_factory=ModelConfig, description="model to sample from")
