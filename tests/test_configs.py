@@ -36,6 +36,7 @@ def test_the_expected_configs_ship() -> None:
         "generate.yaml",
         "evaluate.yaml",
         "export_merge.yaml",
+        "sweep.yaml",
     } <= names
 
 
@@ -53,6 +54,17 @@ def test_training_configs_say_what_they_are() -> None:
     assert pretrain.adapter.type == "full"
     sft = load_config(RECIPE_CONFIGS["train"], CONFIGS / "sft_lora.yaml")
     assert sft.stage == "sft" and sft.adapter.type == "lora" and sft.model.path
+
+
+def test_sweep_config_trials_validate(monkeypatch) -> None:
+    """The base it names ships too, and every trial it can make is a valid train config."""
+    from lmforge.config.base import deep_merge, read_yaml
+    from lmforge.recipes.sweep import _check_trial_configs
+
+    sweep = load_config(RECIPE_CONFIGS["sweep"], CONFIGS / "sweep.yaml")
+    monkeypatch.chdir(CONFIGS.parent)  # its base path is relative to the project root
+    _check_trial_configs(sweep, deep_merge(read_yaml(sweep.base), sweep.config))
+    assert sweep.enqueue and set(sweep.enqueue[0]) == set(sweep.space)
 
 
 @pytest.fixture

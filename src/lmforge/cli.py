@@ -23,6 +23,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "chat": ("chat", "talk to a model in the terminal"),
     "evaluate": ("evaluate", "perplexity and exact-match accuracy"),
     "export merge": ("export", "merge a LoRA adapter into a plain Hugging Face model"),
+    "sweep": ("sweep", "search config keys with Optuna (TPE, pruning): results table, best.yaml"),
     "demo": ("demo", "the whole path on CPU: data, tokenizer, pretrain, LoRA, eval, merge"),
     "lineage": ("", "lineage PATH: the chain of runs and files behind an artifact"),
 }

@@ -21,6 +21,7 @@ from lmforge.config.groups import (
     TrainConfig,
 )
 from lmforge.config.prepare import PrepareRecipe
+from lmforge.config.sweep import SweepRecipe
 
 
 class TokenizerDataConfig(Group):
@@ -133,4 +134,5 @@ RECIPE_CONFIGS: dict[str, type[Group]] = {
     "export merge": ExportMergeRecipe,
     "demo": DemoRecipe,
     "prepare": PrepareRecipe,
+    "sweep": SweepRecipe,
 }
