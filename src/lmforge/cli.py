@@ -18,6 +18,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "data diff": ("", "data diff A B: documents added/removed and distribution shifts"),
     "data dvc": ("", "data dvc PIPELINE.yaml... [-o dvc.yaml]: DVC stages for prepare runs"),
     "tokenizer": ("tokenizer", "train a tokenizer (byte-level BPE, Unigram, WordPiece)"),
+    "tokenizer extend": ("vocab", "add domain terms to a model's vocabulary (mean-init rows)"),
     "train": ("train", "pretrain (stage: pt) or fine-tune (stage: sft), full or LoRA"),
     "generate": ("generate", "prompts file -> outputs file"),
     "chat": ("chat", "talk to a model in the terminal"),

@@ -22,6 +22,7 @@ from lmforge.config.groups import (
 )
 from lmforge.config.prepare import PrepareRecipe
 from lmforge.config.sweep import SweepRecipe
+from lmforge.config.vocab import VocabExtendRecipe
 
 
 class TokenizerDataConfig(Group):
@@ -135,4 +136,5 @@ RECIPE_CONFIGS: dict[str, type[Group]] = {
     "demo": DemoRecipe,
     "prepare": PrepareRecipe,
     "sweep": SweepRecipe,
+    "tokenizer extend": VocabExtendRecipe,
 }
