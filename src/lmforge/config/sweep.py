@@ -106,10 +106,13 @@ class SweepRecipe(RecipeConfig):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="how trials pick")
     pruner: PrunerConfig = Field(default_factory=PrunerConfig, description="stopping bad trials")
     n_trials: int = Field(
-        20, gt=0, description="trials finished in total (a resumed sweep adds up)"
+        20, gt=0, description="trials finished in total, earlier runs of a resumed sweep included"
     )
     timeout: float | None = Field(
-        None, gt=0, description="seconds; no trial starts after this (a running one finishes)"
+        None,
+        gt=0,
+        description="seconds from the start of this invocation; no trial starts after it "
+        "(a running one finishes)",
     )
     resume: Literal["auto", "never"] = Field(
         "auto",
