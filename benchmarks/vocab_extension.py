@@ -151,9 +151,8 @@ def main() -> int:
             f"| {name} | {r['step0']['bits_per_byte']:.4f} | {losses} | "
             f"{r['final']['bits_per_byte']:.4f} |"
         )
-    path = args.results or (
-        RESULTS_DIR / "vocab_extension.json" if args.steps == 150 and args.base_steps == 400 else None
-    )
+    full_length = args.steps == 150 and args.base_steps == 400
+    path = args.results or (RESULTS_DIR / "vocab_extension.json" if full_length else None)
     if path is not None:
         path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         print(f"\nwritten: {path}")

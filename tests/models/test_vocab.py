@@ -91,6 +91,18 @@ def test_random_init_is_seeded_and_a_tied_head_follows_the_embedding(tokenizer_d
     assert not torch.equal(rows[("random", 0)][0], rows[("mean", 0)][0])
 
 
+def test_a_padded_embedding_uses_its_spare_rows(tokenizer_dir):
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = _model(tokenizer, tied=True)
+    model.resize_token_embeddings(len(tokenizer) + 8)  # as checkpoints padded to a multiple
+    before = model.get_input_embeddings().weight.detach().clone()
+    report = add_terms(tokenizer, model, ["资产负债表"])
+    (t,) = report.added
+    assert report.embedding_rows == (len(tokenizer) + 7, len(tokenizer) + 7)  # no resize
+    row = model.get_input_embeddings().weight[t.id]
+    torch.testing.assert_close(row, before[t.before_ids].mean(0), rtol=0, atol=0)
+
+
 def test_extend_then_continue_pretraining_then_reload(tiny_model_dir, tmp_path, capsys):
     ext = tmp_path / "ext"
     terms = tmp_path / "terms.txt"
