@@ -366,8 +366,12 @@ def train_loop(
                     done,
                     model,
                     optimizer,
-                    {**state, "window": window, "trajectory": opts.trajectory}
-                    | {"eval_watch": watch.state_dict()},
+                    {
+                        **state,
+                        "window": window,
+                        "trajectory": opts.trajectory,
+                        "eval_watch": watch.state_dict(),
+                    },
                     cfg.keep_last,
                     strategy,
                     keep=watch.kept_steps(),
