@@ -59,11 +59,11 @@ def test_training_configs_say_what_they_are() -> None:
 def test_sweep_config_trials_validate(monkeypatch) -> None:
     """The base it names ships too, and every trial it can make is a valid train config."""
     from lmforge.config.base import deep_merge, read_yaml
-    from lmforge.recipes.sweep import _check_trial_configs
+    from lmforge.recipes.sweep import check_trial_configs
 
     sweep = load_config(RECIPE_CONFIGS["sweep"], CONFIGS / "sweep.yaml")
     monkeypatch.chdir(CONFIGS.parent)  # its base path is relative to the project root
-    _check_trial_configs(sweep, deep_merge(read_yaml(sweep.base), sweep.config))
+    check_trial_configs(sweep, deep_merge(read_yaml(sweep.base), sweep.config))
     assert sweep.enqueue and set(sweep.enqueue[0]) == set(sweep.space)
 
 

@@ -45,7 +45,7 @@ def run(cfg: SweepRecipe) -> Run:
     optuna = _import_optuna()
     out = Path(cfg.output_dir)
     base = deep_merge(read_yaml(cfg.base) if cfg.base else {}, cfg.config)
-    _check_trial_configs(cfg, base)
+    check_trial_configs(cfg, base)
     if cfg.force or cfg.resume == "never":
         _clear(out)
     run = Run.start("sweep", to_dict(cfg), out, inputs={"base_config": cfg.base})
@@ -85,7 +85,7 @@ def trial_config(base: dict, params: dict[str, Any], output_dir: Path | str) -> 
     return {**deep_merge(base, nested(params)), "output_dir": str(output_dir)}
 
 
-def _check_trial_configs(cfg: SweepRecipe, base: dict) -> None:
+def check_trial_configs(cfg: SweepRecipe, base: dict) -> None:
     """Validate the recipe config at both ends of every range, every choice and every enqueued
     set, so that a bad base or choice fails now instead of as N failed trials."""
     recipe_cls = RECIPE_CONFIGS[cfg.recipe]
