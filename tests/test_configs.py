@@ -37,6 +37,7 @@ def test_the_expected_configs_ship() -> None:
         "evaluate.yaml",
         "export_merge.yaml",
         "sft_llamafactory.yaml",
+        "sweep.yaml",
     } <= names
 
 
@@ -59,6 +60,17 @@ def test_training_configs_say_what_they_are() -> None:
     assert lf.data.train == [f"data#{n}" for n in lf.data.dataset]  # dataset_dir + names
     assert lf.data.template == "qwen" and lf.data.mix_strategy == "interleave_under"
     assert set(lf.data.placeholders) == {"name", "author"}  # identity.json's placeholders
+
+
+def test_sweep_config_trials_validate(monkeypatch) -> None:
+    """The base it names ships too, and every trial it can make is a valid train config."""
+    from lmforge.config.base import deep_merge, read_yaml
+    from lmforge.recipes.sweep import check_trial_configs
+
+    sweep = load_config(RECIPE_CONFIGS["sweep"], CONFIGS / "sweep.yaml")
+    monkeypatch.chdir(CONFIGS.parent)  # its base path is relative to the project root
+    check_trial_configs(sweep, deep_merge(read_yaml(sweep.base), sweep.config))
+    assert sweep.enqueue and set(sweep.enqueue[0]) == set(sweep.space)
 
 
 @pytest.fixture

@@ -18,11 +18,13 @@ RECIPES: dict[str, tuple[str, str]] = {
     "data diff": ("", "data diff A B: documents added/removed and distribution shifts"),
     "data dvc": ("", "data dvc PIPELINE.yaml... [-o dvc.yaml]: DVC stages for prepare runs"),
     "tokenizer": ("tokenizer", "train a tokenizer (byte-level BPE, Unigram, WordPiece)"),
+    "tokenizer extend": ("vocab", "add domain terms to a model's vocabulary (mean-init rows)"),
     "train": ("train", "pretrain (stage: pt) or fine-tune (stage: sft), full or LoRA"),
     "generate": ("generate", "prompts file -> outputs file"),
     "chat": ("chat", "talk to a model in the terminal"),
     "evaluate": ("evaluate", "perplexity and exact-match accuracy"),
     "export merge": ("export", "merge a LoRA adapter into a plain Hugging Face model"),
+    "sweep": ("sweep", "search config keys with Optuna (TPE, pruning): results table, best.yaml"),
     "demo": ("demo", "the whole path on CPU: data, tokenizer, pretrain, LoRA, eval, merge"),
     "lineage": ("", "lineage PATH: the chain of runs and files behind an artifact"),
 }

@@ -251,6 +251,28 @@ class ClassifyConfig(Group):
     )
 
 
+class EarlyStoppingConfig(Group):
+    """Stop when an evaluation metric stops improving (needs validation data, train.eval_every)."""
+
+    metric: str = Field(
+        "eval_loss",
+        description="evaluation metric watched, also for load_best_at_end (eval_loss, eval_ppl, "
+        "or any metric the evaluation logs)",
+    )
+    mode: Literal["min", "max"] = Field("min", description="min: lower is better; max: higher")
+    patience: int | None = Field(
+        None,
+        gt=0,
+        description="stop after this many evaluations in a row without improvement; null: off",
+    )
+    threshold: float = Field(
+        0.0, ge=0, description="smallest improvement over the best that counts as one"
+    )
+    threshold_mode: Literal["abs", "rel"] = Field(
+        "abs", description="abs: threshold in the metric's units; rel: a fraction of |best|"
+    )
+
+
 class TrainConfig(Group):
     epochs: float = Field(1.0, gt=0, description="passes over the training data")
     max_steps: int | None = Field(
@@ -292,12 +314,28 @@ class TrainConfig(Group):
     eval_batches: int | None = Field(None, gt=0, description="cap on validation micro-batches")
     save_every: int | None = Field(None, gt=0, description="checkpoint every N steps; null: end")
     keep_last: int = Field(2, gt=0, description="checkpoints kept on disk")
+    early_stopping: EarlyStoppingConfig = Field(
+        default_factory=EarlyStoppingConfig, description="stop when validation stops improving"
+    )
+    load_best_at_end: bool = Field(
+        False,
+        description="model/ gets the weights of the best evaluation (early_stopping.metric); "
+        "that checkpoint is written and kept past keep_last",
+    )
     resume: Literal["auto", "never"] | str = Field(
         "auto", description="auto: continue from the latest checkpoint; never; or a path"
     )
     log_every: int = Field(10, gt=0, description="write metrics every N steps")
     seed: int = Field(0, description="seed for weights, shuffling and dropout")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
+
+    @model_validator(mode="after")
+    def _early_stopping_counts_evaluations(self):
+        if self.early_stopping.patience is not None and not self.eval_every:
+            raise ValueError(
+                "train.early_stopping.patience counts evaluations: set train.eval_every"
+            )
+        return self
 
 
 class TrackConfig(Group):

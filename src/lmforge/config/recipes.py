@@ -23,6 +23,8 @@ from lmforge.config.groups import (
     TrainConfig,
 )
 from lmforge.config.prepare import PrepareRecipe
+from lmforge.config.sweep import SweepRecipe
+from lmforge.config.vocab import VocabExtendRecipe
 
 
 class TokenizerDataConfig(Group):
@@ -81,6 +83,16 @@ class TrainRecipe(RecipeConfig):
             raise ValueError("stage cls reads labelled rows: leave data.format at auto")
         return self
 
+    @model_validator(mode="after")
+    def _eval_watch_needs_validation(self):
+        watched = self.train.early_stopping.patience is not None or self.train.load_best_at_end
+        if watched and not (self.data.validation or self.data.val_ratio > 0):
+            raise ValueError(
+                "train.early_stopping and train.load_best_at_end watch an evaluation metric: "
+                "give data.validation files or a data.val_ratio"
+            )
+        return self
+
 
 class GenerateRecipe(RecipeConfig):
     model: ModelConfig = Field(default_factory=ModelConfig, description="model to sample from")
@@ -137,4 +149,6 @@ RECIPE_CONFIGS: dict[str, type[Group]] = {
     "export merge": ExportMergeRecipe,
     "demo": DemoRecipe,
     "prepare": PrepareRecipe,
+    "sweep": SweepRecipe,
+    "tokenizer extend": VocabExtendRecipe,
 }

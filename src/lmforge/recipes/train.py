@@ -57,8 +57,11 @@ def _inputs(cfg: TrainRecipe) -> dict:
     return inputs
 
 
-def run(cfg: TrainRecipe, on_step=None) -> Run | int:
+def run(cfg: TrainRecipe, on_step=None, on_eval=None) -> Run | int:
     """Train in this process, or under torchrun (every rank runs this; rank 0 writes).
+
+    ``on_step(step)`` and ``on_eval(step, metrics)`` are called after each optimizer step and
+    each evaluation (tests, sweeps); an exception they raise ends the run as failed.
 
     With ``launcher.nproc > 1`` outside torchrun, start ``nproc`` processes under torchrun and
     return their exit code instead.
@@ -68,12 +71,12 @@ def run(cfg: TrainRecipe, on_step=None) -> Run | int:
         return launch(to_dict(cfg), cfg.launcher.nproc)
     strategy = setup(cfg.distributed, cfg.train)
     try:
-        return _train(cfg, strategy, on_step)
+        return _train(cfg, strategy, on_step, on_eval)
     finally:
         strategy.close()
 
 
-def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
+def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
     main = strategy.is_main
     run = Run.start(cfg.stage, to_dict(cfg), cfg.output_dir, inputs=_inputs(cfg) if main else None)
     run.inputs = strategy.main_decides(lambda: run.inputs)  # hashed once (a base model is big)
@@ -186,6 +189,7 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
             progress=cfg.track.progress,
             tensorboard=cfg.track.tensorboard,
             on_step=on_step,
+            on_eval=on_eval,
             strategy=strategy,
             evaluate=task_evaluator(val.counts),  # eval loss per task, when rows have tasks
         )

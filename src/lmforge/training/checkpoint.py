@@ -92,8 +92,10 @@ def save_checkpoint(
     state: dict,
     keep_last: int,
     strategy: Strategy | None = None,
+    keep: set[int] | frozenset[int] = frozenset(),
 ) -> Path:
-    """Write ``root/step-{step:06d}`` atomically, then delete all but the newest ``keep_last``.
+    """Write ``root/step-{step:06d}`` atomically, then delete all but the newest ``keep_last``
+    (and the steps in ``keep``: the best checkpoint, see ``callbacks``).
 
     ``state`` is stored in state.json; when it holds ``steps_per_epoch`` the data position
     (``epoch``, ``position``) of ``step`` is stored beside it. Under torchrun every rank calls
@@ -107,7 +109,7 @@ def save_checkpoint(
     if strategy.world_size > 1:  # dropout draws differ per rank: keep every rank's generators
         rng["ranks"] = strategy.gather_object(_rng_states())
     if strategy.is_main:
-        _write(root, folder, step, trainable, optimizer_state, rng, state, keep_last)
+        _write(root, folder, step, trainable, optimizer_state, rng, state, keep_last, keep)
     strategy.barrier()
     return folder
 
@@ -128,6 +130,7 @@ def _write(
     rng: dict,
     state: dict,
     keep_last: int,
+    keep: set[int] | frozenset[int] = frozenset(),
 ) -> None:
     np_state = np.random.get_state()
     full_state = {**state, "step": step}
@@ -145,7 +148,8 @@ def _write(
         sums = {name: _sha256(tmp / name) for name in FILES}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
     for old in checkpoint_dirs(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if int(_STEP_DIR.match(old.name).group(1)) not in keep:
+            shutil.rmtree(old, ignore_errors=True)
     for leftover in root.iterdir():  # this process's own temporary folder is gone by now
         if _LEFTOVER.match(leftover.name):
             shutil.rmtree(leftover, ignore_errors=True)

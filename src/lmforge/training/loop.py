@@ -25,6 +25,7 @@ from lmforge.config.groups import TrainConfig
 from lmforge.errors import ConfigError, MissingDependency, RunFailed
 from lmforge.eval.classification import classification_metrics
 from lmforge.training.attention import supports_varlen, varlen_attention
+from lmforge.training.callbacks import EvalWatch
 from lmforge.training.checkpoint import (
     check_data_position,
     checkpoint_dirs,
@@ -73,6 +74,8 @@ class LoopOptions:
     progress: bool = True
     tensorboard: str = "auto"
     on_step: Callable[[int], None] | None = None  # called after each optimizer step (tests)
+    # called with (step, metrics) after each evaluation (sweeps report to their pruner here)
+    on_eval: Callable[[int, dict], None] | None = None
     # what the trajectory depends on (config + input fingerprints); a checkpoint made under a
     # different one is refused instead of silently continuing someone else's run
     trajectory: dict = field(default_factory=dict)
@@ -287,10 +290,14 @@ def train_loop(
         print(f"lmforge: train.resume=never: removing old checkpoints in {ckpt_root}")
         shutil.rmtree(ckpt_root)
     state["steps_per_epoch"] = steps_per_epoch  # each checkpoint records its data position
+    watch = EvalWatch.from_config(cfg)  # best checkpoint and early stopping (``callbacks``)
+    if watch.needs_validation and not val_units:
+        raise ConfigError("early stopping / load_best_at_end: the validation data has no units")
     restored = restore(cfg.resume, ckpt_root, model, optimizer, strategy)
     if restored is not None:
         state, resume_from = restored
         start_step = state.pop("step")
+        watch.load_state_dict(state.pop("eval_watch", None))
         _check_same_trajectory(state.pop("trajectory", {}), opts.trajectory, resume_from)
         check_data_position(state, start_step, steps_per_epoch, resume_from)
         if strategy.is_main:
@@ -324,6 +331,8 @@ def train_loop(
         switched.enter_context(varlen_attention(model, device))
     try:
         for step in range(start_step, total):
+            if watch.stopped:  # resumed from the checkpoint where it stopped early
+                break
             t0 = time.perf_counter()
             epoch, position = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
@@ -405,24 +414,43 @@ def train_loop(
                 evals = evaluate(objective, val_units, cfg, opts, autocast_dtype, layout, spec)
                 log.log({"step": done, **evals})
                 result.update(evals)
-            if (cfg.save_every and done % cfg.save_every == 0) or done == total:
+                if watch.update(done, evals) and strategy.is_main:
+                    print(f"lmforge: {watch.stop_reason}")
+                if opts.on_eval is not None:
+                    opts.on_eval(done, evals)
+            if (
+                (cfg.save_every and done % cfg.save_every == 0)
+                or done == total
+                or watch.stopped
+                or watch.save_now(done)
+            ):
                 save_checkpoint(
                     ckpt_root,
                     done,
                     model,
                     optimizer,
-                    {**state, "window": window, "trajectory": opts.trajectory},
+                    {
+                        **state,
+                        "window": window,
+                        "trajectory": opts.trajectory,
+                        "eval_watch": watch.state_dict(),
+                    },
                     cfg.keep_last,
                     strategy,
+                    keep=watch.kept_steps(),
                 )
             if opts.on_step is not None:
                 opts.on_step(done)
+            if watch.stopped:
+                break
     finally:
         switched.close()
         bar.close()
         log.close()
+    if (best := watch.load_best(model, ckpt_root, strategy)) is not None and strategy.is_main:
+        print(f"lmforge: model/ gets the best checkpoint {best} ({watch.metric} {watch.best:.6g})")
     result.update(
-        steps=total,
+        watch.summary(watch.stopped_step or total, total),
         tokens=state["tokens"],
         target_tokens=state["target_tokens"],
         train_seconds=round(state["elapsed"], 3),
