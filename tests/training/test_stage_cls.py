@@ -177,9 +177,12 @@ def test_minilm_lora_on_query_key_value(sentiment, tmp_path) -> None:
         logits = model(**batch).logits
         torch.testing.assert_close(logits, again(**batch).logits)
     assert logits.shape == (2, 4)
-    merged = model.merge_and_unload()  # the classifier the adapter trained survives the merge
+    # lmforge export merge: a plain classifier (with the trained head and the label names)
+    assert main(["export", "merge", f"adapter={tmp_path}", f"output_dir={tmp_path / 'm'}"]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "m" / "model"))
+    assert merged.config.id2label[2] == "正面"
     with torch.no_grad():
-        torch.testing.assert_close(merged(**batch).logits, logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(merged.eval()(**batch).logits, logits, rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_validation_label_is_rejected_with_the_reason(sentiment, tokenizer_dir, tmp_path):
