@@ -1,8 +1,9 @@
 """The bigram-shift task: is a real sentence as written, or were two adjacent words swapped?
 
 SentEval's "BShift" probing task (Conneau et al. 2018), built here from real text nobody on the
-project wrote: sentences of WikiText-2's validation split and of LLaMA-Factory's ``c4_demo``
-documents (both in ``../shared/data``). Each sentence of 8-30 words is used once, as
+project wrote (all in ``../shared/data``): sentences of WikiText-2's validation split, of
+LLaMA-Factory's ``c4_demo`` web documents, and of the answers in its ``alpaca_en_demo`` and
+``dpo_en_demo`` (chosen) rows. Each sentence of 8-30 words is used once, as
 ``original`` or (chosen with probability 1/2, seeded) as ``shifted``: two adjacent alphabetic
 words, not the same word, exchanged. A shifted sentence holds exactly the words of its original,
 so a bag of words cannot tell the classes apart (its accuracy is chance by construction), and
@@ -37,20 +38,35 @@ def _wikitext(path: Path) -> Iterator[str]:
         yield from re.split(r"(?<= \.) ", line)
 
 
+def _split(text: str) -> list[str]:
+    return re.split(r"(?<=[.!?])\s+", text)
+
+
 def _c4(path: Path) -> Iterator[str]:
     for line in path.read_text(encoding="utf-8").splitlines():
-        yield from re.split(r"(?<=[.!?])\s+", json.loads(line)["text"])
+        yield from _split(json.loads(line)["text"])
+
+
+def _answers(path: Path) -> Iterator[str]:
+    """Alpaca ``output`` strings, or the ``chosen`` turn of sharegpt preference rows."""
+    for row in json.loads(path.read_text(encoding="utf-8")):
+        answer = row.get("output") or row.get("chosen")
+        text = answer.get("value", "") if isinstance(answer, dict) else answer
+        yield from _split(text or "")
 
 
 def sentences() -> list[list[str]]:
     wikitext = shared_file("wikitext-2/valid.txt", "WikiText-2 validation text")
-    c4 = shared_file("llamafactory-demo/c4_demo.jsonl", "LLaMA-Factory's c4_demo documents")
-    out = []
-    for text in [*_wikitext(wikitext), *_c4(c4)]:
+    demo = "LLaMA-Factory's demo datasets"
+    c4 = shared_file("llamafactory-demo/c4_demo.jsonl", demo)
+    alpaca = shared_file("llamafactory-demo/alpaca_en_demo.json", demo)
+    dpo = shared_file("llamafactory-demo/dpo_en_demo.json", demo)
+    out: dict[str, list[str]] = {}  # each distinct sentence once: no train/test twins
+    for text in [*_wikitext(wikitext), *_c4(c4), *_answers(alpaca), *_answers(dpo)]:
         words = text.split()
         if MIN_WORDS <= len(words) <= MAX_WORDS and words.count("<unk>") <= 1:
-            out.append(words)
-    return out
+            out.setdefault(" ".join(words), words)
+    return list(out.values())
 
 
 def swap_candidates(words: list[str]) -> list[int]:

@@ -16,7 +16,7 @@ reason, and yields ``(piece, ends_unit)``. They run through the same tokenised-d
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -46,16 +46,18 @@ def cut_blocks(docs: Iterable[list[int]], max_length: int, targets_of=None) -> P
                 room = max_length
 
 
-def _texts(batch: list[Record], text_field: str, rejects: Rejects, counts: dict) -> list[str]:
-    texts = []
-    for record in batch:
+def accepted(
+    records: Iterable[Record], rejects: Rejects, counts: dict, parse: Callable[[Any], Any]
+) -> Iterator[Any]:
+    """``parse(row)`` of every record, counted as read; a row it raises ``RowError`` for goes to
+    ``rejects`` with the reason (counted as rejected) instead."""
+    for record in records:
         counts["read"] += 1
         try:
-            texts.append(to_text(record.row, text_field))
+            yield parse(record.row)
         except RowError as exc:
             rejects.add_record(record, str(exc))
             counts["rejected"] += 1
-    return texts
 
 
 def masked_lm_pieces(
@@ -64,7 +66,7 @@ def masked_lm_pieces(
     def docs() -> Iterator[list[int]]:
         rows = iter(records)
         while batch := list(islice(rows, _BATCH)):
-            texts = _texts(batch, cfg.text_field, rejects, counts)
+            texts = list(accepted(batch, rejects, counts, lambda r: to_text(r, cfg.text_field)))
             if texts:
                 for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]:
                     counts["used"] += 1
@@ -95,19 +97,15 @@ def contrastive_pieces(
     """A unit per row: the anchor (``cfg.text_field``), its positive (the ``positive`` field;
     absent: the anchor itself, unsupervised SimCSE) and an optional hard ``negative``."""
     fields = fields or PairFields()
-    for record in records:
-        counts["read"] += 1
-        try:
-            anchor = to_text(record.row, cfg.text_field)
-            row = record.row if isinstance(record.row, dict) else {}
-            texts = [anchor, _optional_text(row, fields.positive) or anchor]
-            negative = _optional_text(row, fields.negative)
-            if negative is not None:
-                texts.append(negative)
-        except RowError as exc:
-            rejects.add_record(record, str(exc))
-            counts["rejected"] += 1
-            continue
+
+    def texts_of(row) -> list[str]:
+        anchor = to_text(row, cfg.text_field)
+        extra = row if isinstance(row, dict) else {}
+        negative = _optional_text(extra, fields.negative)
+        positive = _optional_text(extra, fields.positive) or anchor
+        return [anchor, positive] + ([negative] if negative is not None else [])
+
+    for texts in accepted(records, rejects, counts, texts_of):
         encoded = [_encode_one(tokenizer, t, cfg.max_length) for t in texts]
         counts["used"] += 1
         counts["truncated"] += int(any(cut for _, cut in encoded))
@@ -184,30 +182,13 @@ def row_labels(row: Any, fields: LabelFields) -> list[str]:
     return [label_name(row[fields.label])]
 
 
-def collect_labels(records: Iterable[Record], fields: LabelFields) -> list[str]:
-    """Every label name in ``records`` (rows that cannot be read are skipped here; encoding
-    rejects them with the reason)."""
-    names: set[str] = set()
-    for record in records:
-        try:
-            names.update(row_labels(record.row, fields))
-        except RowError:
-            continue
-    return sorted_labels(names)
-
-
 def sequence_label_pieces(
     records: Iterable[Record], cfg, tokenizer, rejects: Rejects, counts: dict, fields: LabelFields
 ) -> Pieces:
-    for record in records:
-        counts["read"] += 1
-        try:
-            text = to_text(record.row, cfg.text_field)
-            label = fields.index(row_labels(record.row, fields)[0])
-        except RowError as exc:
-            rejects.add_record(record, str(exc))
-            counts["rejected"] += 1
-            continue
+    def text_and_label(row) -> tuple[str, int]:
+        return to_text(row, cfg.text_field), fields.index(row_labels(row, fields)[0])
+
+    for text, label in accepted(records, rejects, counts, text_and_label):
         ids, cut = _encode_one(tokenizer, text, cfg.max_length)
         targets = [IGNORE] * len(ids)
         targets[0 if fields.pool == "first" else len(ids) - 1] = label
@@ -219,14 +200,7 @@ def sequence_label_pieces(
 def token_label_pieces(
     records: Iterable[Record], cfg, tokenizer, rejects: Rejects, counts: dict, fields: LabelFields
 ) -> Pieces:
-    for record in records:
-        counts["read"] += 1
-        try:
-            words, tags = _words_and_tags(record.row, fields)
-        except RowError as exc:
-            rejects.add_record(record, str(exc))
-            counts["rejected"] += 1
-            continue
+    for words, tags in accepted(records, rejects, counts, lambda r: _words_and_tags(r, fields)):
         encoding = tokenizer(words, is_split_into_words=True, add_special_tokens=True)
         ids = encoding["input_ids"]
         targets, previous = [], None

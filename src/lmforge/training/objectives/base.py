@@ -73,3 +73,11 @@ def kept(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(boolean mask of positions with a target, those targets in row-major order)."""
     keep = targets != IGNORE
     return keep, targets[keep]
+
+
+def output(loss: torch.Tensor, logits: torch.Tensor, gold: torch.Tensor, predictions: bool):
+    """An objective's result: ``(loss, count)``, or for evaluation ``(loss, count, predicted
+    class, gold class)``; ``logits`` ``(count, classes)`` are those of the ``gold`` targets."""
+    if predictions:
+        return loss, int(gold.numel()), logits.argmax(-1), gold
+    return loss, int(gold.numel())

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lmforge.training.objectives.base import Objective, kept
+from lmforge.training.objectives.base import Objective, kept, output
 
 # model types whose CausalLM head is exactly ``lm_head(final_hidden_states)``
 _PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gemma", "smollm3"}
@@ -129,7 +129,6 @@ class CausalLMLoss(Objective):
             logits_to_keep=keep,
             **kwargs,
         ).logits.float()
-        loss = F.cross_entropy(logits, wanted, reduction="sum")
-        if return_predictions:
-            return loss, int(wanted.numel()), logits.argmax(-1), wanted
-        return loss, int(wanted.numel())
+        return output(
+            F.cross_entropy(logits, wanted, reduction="sum"), logits, wanted, return_predictions
+        )

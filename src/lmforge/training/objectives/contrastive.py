@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.training.collate import Unit
-from lmforge.training.objectives.base import Objective
+from lmforge.training.objectives.base import Objective, output
 
 
 def piece_bounds(batch_len: int, cu_seq_lens: torch.Tensor | None) -> list[tuple[int, int]]:
@@ -99,7 +99,6 @@ class ContrastiveLoss(Objective):
         candidates = emb[positives + negatives]
         logits = emb[anchors] @ candidates.T / self.temperature
         gold = torch.arange(len(anchors), device=logits.device)
-        loss = F.cross_entropy(logits, gold, reduction="sum")
-        if return_predictions:
-            return loss, len(anchors), logits.argmax(-1), gold
-        return loss, len(anchors)
+        return output(
+            F.cross_entropy(logits, gold, reduction="sum"), logits, gold, return_predictions
+        )

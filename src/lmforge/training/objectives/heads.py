@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
 from lmforge.training.collate import IGNORE
-from lmforge.training.objectives.base import Objective, kept
+from lmforge.training.objectives.base import Objective, kept, output
 
 Head = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]  # (hf model, (N, H)) -> (N, C)
 
@@ -118,9 +118,7 @@ class _ClassLoss(Objective):
             label_smoothing=self.label_smoothing,
             reduction="sum",
         )
-        if return_predictions:
-            return loss, int(wanted.numel()), logits.argmax(-1), wanted
-        return loss, int(wanted.numel())
+        return output(loss, logits, wanted, return_predictions)
 
 
 class PackedHeadLoss(_ClassLoss):

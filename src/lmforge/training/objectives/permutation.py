@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
 from lmforge.training.collate import IGNORE, Piece, Unit
-from lmforge.training.objectives.base import Objective, kept
+from lmforge.training.objectives.base import Objective, kept, output
 
 _PLM_STREAM = 0x504C4D
 
@@ -114,9 +114,7 @@ class PermutationLMLoss(Objective):
         keep, wanted = kept(labels.to(device))
         logits = logits[keep].float()
         loss = F.cross_entropy(logits, wanted, reduction="sum")
-        if return_predictions:
-            return loss, int(wanted.numel()), logits.argmax(-1), wanted
-        return loss, int(wanted.numel())
+        return output(loss, logits, wanted, return_predictions)
 
 
 def plan_permutation_lm(cfg, tokenizer):
