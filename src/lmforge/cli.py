@@ -18,11 +18,15 @@ RECIPES: dict[str, tuple[str, str]] = {
     "data diff": ("", "data diff A B: documents added/removed and distribution shifts"),
     "data dvc": ("", "data dvc PIPELINE.yaml... [-o dvc.yaml]: DVC stages for prepare runs"),
     "tokenizer": ("tokenizer", "train a tokenizer (byte-level BPE, Unigram, WordPiece)"),
-    "train": ("train", "pretrain (stage: pt) or fine-tune (stage: sft), full or LoRA"),
+    "train": (
+        "train",
+        "pretrain (stage: pt) or fine-tune (stage: sft): full, freeze, lora, qlora, ia3, "
+        "prefix, prompt or p-tuning (adapter.type)",
+    ),
     "generate": ("generate", "prompts file -> outputs file"),
     "chat": ("chat", "talk to a model in the terminal"),
     "evaluate": ("evaluate", "perplexity and exact-match accuracy"),
-    "export merge": ("export", "merge a LoRA adapter into a plain Hugging Face model"),
+    "export merge": ("export", "merge a LoRA, DoRA, IA3 or QLoRA adapter into a plain model"),
     "demo": ("demo", "the whole path on CPU: data, tokenizer, pretrain, LoRA, eval, merge"),
     "lineage": ("", "lineage PATH: the chain of runs and files behind an artifact"),
 }

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from lmforge.config.groups import AdapterConfig, ModelConfig
+from lmforge.config.groups import ModelConfig
 from lmforge.errors import ConfigError, UserError
 
 MODEL_SUBDIR = "model"
@@ -94,7 +94,7 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> torch.nn.Module:
     folder = resolve_dir(cfg.path, "model.path")
     if is_adapter_dir(folder):
         raise ConfigError(
-            f"model.path {folder} holds a LoRA adapter, not a full model: merge it first "
+            f"model.path {folder} holds a PEFT adapter, not a full model: merge it first "
             "(lmforge export merge) or set it as model.adapter on top of its base"
         )
     if not (folder / "config.json").is_file():
@@ -113,43 +113,6 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def linear_module_names(model: torch.nn.Module) -> list[str]:
-    """Leaf names of Linear layers (what LoRA can target), excluding the output head."""
-    names = set()
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
-            names.add(name.rsplit(".", 1)[-1])
-    return sorted(names)
-
-
-def lora_targets(model: torch.nn.Module, cfg: AdapterConfig) -> list[str]:
-    """The module names LoRA will adapt; unknown names are a config error."""
-    available = linear_module_names(model)
-    if cfg.target_modules != "all-linear":
-        missing = [t for t in cfg.target_modules if t not in available]
-        if missing:
-            raise ConfigError(
-                f"adapter.target_modules {missing} not found in the model; "
-                f"linear modules here: {', '.join(available)} (or use all-linear)"
-            )
-    return available if cfg.target_modules == "all-linear" else list(cfg.target_modules)
-
-
-def add_lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
-    """Wrap ``model`` with a PEFT LoRA adapter."""
-    from peft import LoraConfig, get_peft_model
-
-    targets = lora_targets(model, cfg)
-    lora = LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
-
-
 def adapter_base(adapter_dir: Path) -> Path:
     """The base model folder recorded in the adapter's ``adapter_config.json``."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
@@ -158,12 +121,15 @@ def adapter_base(adapter_dir: Path) -> Path:
     return resolve_dir(config["base_model_name_or_path"], "base model (from adapter_config.json)")
 
 
-def load_for_inference(cfg: ModelConfig, device: str = "cpu"):
+def load_for_inference(cfg: ModelConfig, device: str = "cpu", dequantized: bool = False):
     """(model in eval mode, tokenizer) from a full model folder, optionally with an adapter on top.
 
     ``cfg.adapter`` may be given without ``cfg.path`` (or ``cfg.path`` may be an adapter): the
     base is then read from the adapter's config. The tokenizer is ``cfg.tokenizer``, else the
-    adapter's when it ships one (fine-tuning may add tokens), else the base's.
+    adapter's when it ships one (fine-tuning may add tokens), else the base's. Any adapter type
+    loads (``models.adapters``); a QLoRA adapter sits on the 4-bit base it was trained on, or
+    with ``dequantized`` on that base turned back into fp32 layers (the same values; merging
+    needs it).
     """
     adapter_dir = resolve_dir(cfg.adapter, "model.adapter") if cfg.adapter else None
     base_dir = resolve_dir(cfg.path, "model.path") if cfg.path else None
@@ -181,9 +147,11 @@ def load_for_inference(cfg: ModelConfig, device: str = "cpu"):
         ModelConfig(path=str(base_dir), trust_remote_code=cfg.trust_remote_code), tokenizer
     )
     if adapter_dir is not None:
-        from peft import PeftModel
+        from lmforge.models.adapters import load_adapter
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        model, notes = load_adapter(model, adapter_dir, torch.device(device), dequantized)
+        for note in notes:
+            print(f"lmforge: {note}")
     model.to(device).eval()
     return model, tokenizer
 

@@ -1,11 +1,12 @@
-"""``lmforge train CONFIG``: pretrain (``stage: pt``) or fine-tune (``stage: sft``), full or LoRA.
+"""``lmforge train CONFIG``: pretrain (``stage: pt``) or fine-tune (``stage: sft``) with any
+``adapter.type`` (full, freeze, lora, qlora, ia3, prefix, prompt, p-tuning: ``models.adapters``).
 
     lmforge train configs/sft_lora.yaml model.path=runs/pt train.max_steps=200
     # CPU is the default; on a GPU the same command uses it (train.device=auto)
     lmforge train configs/sft_lora.yaml launcher.nproc=2   # 2 processes (see training.distributed)
     torchrun --standalone --nproc_per_node 2 -m lmforge.cli train configs/sft_lora.yaml  # same
 
-Run directory: ``model/`` (full weights, or the LoRA adapter + ``base/`` when the base was a
+Run directory: ``model/`` (full weights, or the PEFT adapter + ``base/`` when the base was a
 preset), ``checkpoints/step-N/``, ``metrics.jsonl``, ``tensorboard/``, ``rejects.jsonl``,
 ``manifest.json``. ``train.resume=auto`` (default) continues from the latest checkpoint.
 Tokenised data is cached (``data.cache``, see ``lmforge.training.data``); the manifest's
@@ -22,18 +23,26 @@ import torch
 
 from lmforge.artifacts import Run, recorded
 from lmforge.config import to_dict
+from lmforge.config.groups import AdapterConfig
 from lmforge.config.recipes import TrainRecipe
 from lmforge.data.readers import Rejects
 from lmforge.errors import ConfigError
+from lmforge.models.adapters import (
+    apply_adapter,
+    check_config,
+    check_fits,
+    pads_rows,
+    saves_adapter,
+    write_adapter_info,
+)
 from lmforge.models.load import (
     MODEL_SUBDIR,
-    add_lora,
     build_model,
     load_tokenizer,
-    lora_targets,
     resolve_dir,
     save_pretrained,
 )
+from lmforge.models.params import format_report, parameter_report
 from lmforge.tokenizer.templates import check_eos_template
 from lmforge.training.data import load_stage_data
 from lmforge.training.distributed import Strategy, check_available, launch, setup, torchrun_env
@@ -74,6 +83,7 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
             print(f"lmforge: reusing finished {cfg.stage} run {run.dir}")
         return run
     with recorded(run) if main else contextlib.nullcontext(run):  # the manifest: rank 0's
+        adapter_notes = check_config(cfg.adapter, cfg.stage, cfg.train.packing)  # before data
         tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
         if cfg.stage == "sft":
             check_eos_template(tokenizer)
@@ -114,29 +124,37 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
                 f"the tokenizer has {len(tokenizer)} tokens but the model's "
                 f"embedding has {vocab} rows: use the model's own tokenizer"
             )
+        check_fits(model, cfg.adapter)  # fail on a bad target or layer count before writing
         base_dir = None
-        if cfg.adapter.type == "lora":
-            lora_targets(model, cfg.adapter)  # fail on a bad target before writing anything
-            # a preset base exists nowhere else: save it (before LoRA wraps it) for later loading
+        if saves_adapter(cfg.adapter.type):
+            # a preset base exists nowhere else: save it (in fp32, before the adapter wraps or
+            # quantises it) for later loading
             if cfg.model.path:
                 base_dir = resolve_dir(cfg.model.path)
             else:
                 base_dir = run.dir / "base"
                 if main:
                     save_pretrained(model, tokenizer, base_dir)
-            torch.manual_seed(cfg.train.seed)  # LoRA's A matrices are random: same seed, same A
-            model = add_lora(model, cfg.adapter)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+        torch.manual_seed(cfg.train.seed)  # LoRA's A, prompt embeddings: same seed, same init
+        model, notes = apply_adapter(
+            model, cfg.adapter, tokenizer, strategy.device_for(cfg.train.device)
+        )
+        params = parameter_report(model)
         if main:
             ranks = strategy.world_size
             spread = f", {strategy.name} over {ranks} processes" if ranks > 1 else ""
+            for note in adapter_notes + notes:
+                print(f"lmforge: {note}")
             print(
-                f"lmforge: {cfg.stage} {cfg.adapter.type}: {trainable:,} of {total:,} parameters "
-                f"trainable ({100 * trainable / total:.2f}%), {len(train.units)} training units"
-                f"{spread}"
+                f"lmforge: {cfg.stage} {cfg.adapter.type}: {format_report(params)}\n"
+                f"lmforge: {len(train.units)} training units{spread}"
             )
-        run.metrics.update(params_total=total, params_trainable=trainable)
+        run.metrics.update(
+            params_total=params["total"],
+            params_trainable=params["trainable"],
+            params_trainable_pct=params["trainable_pct"],
+            params_by_group=params["groups"],
+        )
 
         hf = model.get_base_model() if hasattr(model, "get_base_model") else model
         if cfg.train.activation_checkpointing:
@@ -148,13 +166,15 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
         # packing: each micro-batch is one row with per-sequence attention (``attention``). On a
         # model without transformers' attention interface, sft examples are packed into rows of
         # at most max_length tokens instead; pt blocks are all max_length long: one row each.
-        capacity = cfg.data.max_length if (cfg.stage == "sft" and cfg.train.packing) else None
+        # prefix/prompt/p-tuning prepend virtual tokens to every row: one padded row per example
+        packing = cfg.train.packing and not pads_rows(cfg.adapter.type)
+        capacity = cfg.data.max_length if (cfg.stage == "sft" and packing) else None
         opts = LoopOptions(
             trajectory=trajectory(run, strategy.world_size),
             run_dir=run.dir,
             pad_id=tokenizer.pad_token_id,
             pack_capacity=capacity,
-            varlen=cfg.train.packing,
+            varlen=packing,
             progress=cfg.track.progress,
             tensorboard=cfg.track.tensorboard,
             on_step=on_step,
@@ -164,7 +184,7 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
         train_cfg = cfg.train.model_copy(update={"resume": "never"}) if cfg.force else cfg.train
         run.metrics.update(train_loop(model, train.units, val.units, train_cfg, opts))
 
-        out = save_model(model, tokenizer, run.dir / MODEL_SUBDIR, base_dir, strategy)
+        out = save_model(model, tokenizer, run.dir / MODEL_SUBDIR, base_dir, strategy, cfg.adapter)
         if main:
             run.add_output(out, "model")
             run.add_output(run.dir / "metrics.jsonl", "metrics")
@@ -227,9 +247,15 @@ def compile_layers(hf) -> None:
 
 
 def save_model(
-    model, tokenizer, out: Path, base_dir: Path | None, strategy: Strategy | None = None
+    model,
+    tokenizer,
+    out: Path,
+    base_dir: Path | None,
+    strategy: Strategy | None = None,
+    adapter: AdapterConfig | None = None,
 ) -> Path:
-    """Full weights, or (``base_dir`` given) the adapter with its config pointing at the base.
+    """Full weights, or (``base_dir`` given) the adapter with its config pointing at the base,
+    and ``lmforge_adapter.json`` saying which ``adapter`` type it is (see ``models.adapters``).
 
     Under torchrun every rank calls this (sharded weights are gathered); rank 0 writes.
     """
@@ -242,5 +268,7 @@ def save_model(
             adapter_cfg = json.loads(config_path.read_text())
             adapter_cfg["base_model_name_or_path"] = str(Path(base_dir).resolve())
             config_path.write_text(json.dumps(adapter_cfg, indent=2))
+            if adapter is not None:
+                write_adapter_info(out, adapter)
     strategy.barrier()
     return out

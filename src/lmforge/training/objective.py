@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lmforge.models.adapters import is_prompt_learning
 from lmforge.training.collate import IGNORE
+from lmforge.training.prompt_objective import prompt_learning_loss
 
 # model types whose CausalLM head is exactly ``lm_head(final_hidden_states)``
 _PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gemma", "smollm3"}
@@ -100,6 +102,8 @@ class CausalLMLoss(torch.nn.Module):
             and hf.get_decoder() is not hf
         )
         self._hf = [hf]  # a list: not registered as a second copy of the submodule
+        # prefix/prompt/p-tuning live in the PEFT forward: their own loss (``prompt_objective``)
+        self.prompt_learning = is_prompt_learning(model)
 
     def forward(
         self,
@@ -108,6 +112,8 @@ class CausalLMLoss(torch.nn.Module):
         targets: torch.Tensor,
         **kwargs,
     ) -> tuple[torch.Tensor, int]:
+        if self.prompt_learning:
+            return prompt_learning_loss(self.model, input_ids, position_ids, targets)
         keep = targets != IGNORE
         wanted = targets[keep]
         if self.fused:
