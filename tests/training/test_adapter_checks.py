@@ -148,7 +148,7 @@ def _tiny(tokenizer) -> torch.nn.Module:
 
 def _with(tokenizer, **adapter) -> torch.nn.Module:
     torch.manual_seed(0)
-    return apply_adapter(_tiny(tokenizer), AdapterConfig(**adapter), tokenizer, CPU)[0]
+    return apply_adapter(_tiny(tokenizer), AdapterConfig(**adapter), tokenizer, CPU).model
 
 
 def test_parameter_report_groups_add_up_and_count_4bit_weights(tokenizer) -> None:
@@ -227,7 +227,7 @@ def test_ia3_defaults_cover_llama_and_bert(tokenizer) -> None:
     targets, feedforward = ia3_targets(bert, AdapterConfig(type="ia3"))
     assert targets == ["key", "value", "output.dense"] and feedforward == ["output.dense"]
     torch.manual_seed(0)
-    model, _ = apply_adapter(bert, AdapterConfig(type="ia3"), tokenizer, CPU)
+    model = apply_adapter(bert, AdapterConfig(type="ia3"), tokenizer, CPU).model
     scaled = {n.rsplit(".ia3_l", 1)[0].split("layer.0.")[-1] for n, _ in model.named_parameters()}
     assert {"attention.self.key", "attention.self.value", "output.dense"} <= scaled
 
@@ -240,3 +240,24 @@ def test_prompt_tuning_starts_from_the_init_text(tokenizer) -> None:
     words = model.get_input_embeddings().weight[torch.tensor(ids)]
     prompt = model.prompt_encoder["default"].embedding.weight
     torch.testing.assert_close(prompt, words)
+
+
+@pytest.mark.parametrize("kind", ["prompt", "prefix"])
+def test_perplexity_of_a_prompt_adapter_scores_the_real_tokens(kind, tokenizer) -> None:
+    """eval.perplexity skips the virtual positions: its NLL is the training loss of the text."""
+    from lmforge.eval.perplexity import perplexity, prefix_token_id
+    from lmforge.training.prompt_objective import prompt_learning_loss
+
+    model = _with(tokenizer, type=kind, num_virtual_tokens=3).eval()
+    texts = ["The number 42 is written forty-two.", "Good morning"]
+    result = perplexity(model, tokenizer, texts, window=64, batch_size=2)  # padded together
+    expected = 0.0
+    for text in texts:
+        seq = [prefix_token_id(tokenizer)] + tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([seq[:-1]])
+        with torch.no_grad():
+            loss, _ = prompt_learning_loss(
+                model, ids, torch.arange(len(seq) - 1)[None], torch.tensor([seq[1:]])
+            )
+        expected += float(loss)
+    assert result.nll == pytest.approx(expected, rel=1e-5)

@@ -137,8 +137,7 @@ def _fresh(key: str, tokenizer) -> torch.nn.Module:
     model = build_model(cfg.model, tokenizer, seed=0)
     check_fits(model, cfg.adapter)
     torch.manual_seed(0)
-    model, _ = apply_adapter(model, cfg.adapter, tokenizer, torch.device("cpu"))
-    return model
+    return apply_adapter(model, cfg.adapter, tokenizer, torch.device("cpu")).model
 
 
 def _dense(param: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -200,10 +201,16 @@ def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
 
 
 # ------------------------------------------------------------------------------ apply
+class Applied(NamedTuple):
+    model: torch.nn.Module  # ready to train: the PEFT model, or the model with frozen parts
+    notes: list[str]  # what was done, for the user (layers quantised, modules trained)
+    metrics: dict  # facts for the run manifest (QLoRA: the quantisation report)
+
+
 def apply_adapter(
     model: torch.nn.Module, cfg: AdapterConfig, tokenizer, device: torch.device
-) -> tuple[torch.nn.Module, list[str]]:
-    """``model`` ready to train as ``cfg.type`` says, and notes to print (what was quantised).
+) -> Applied:
+    """``model`` made ready to train as ``cfg.type`` says.
 
     ``tokenizer`` is read for prompt tuning's text init; ``device`` (where training runs) only
     decides QLoRA's ``auto`` compute dtype. Seed torch first: LoRA's A and prompt
@@ -213,7 +220,7 @@ def apply_adapter(
 
 
 def _full(model, cfg, tokenizer, device):
-    return model, []
+    return Applied(model, [], {})
 
 
 def _freeze(model, cfg, tokenizer, device):
@@ -232,7 +239,7 @@ def _freeze(model, cfg, tokenizer, device):
     )
     if tied and any(p in ("lm_head", "embed_tokens") for p in cfg.train_modules):
         note += " (the head is tied to the input embedding: both train)"
-    return model, [note]
+    return Applied(model, [note], {})
 
 
 def _lora_config(cfg: AdapterConfig, targets: list[str]):
@@ -253,7 +260,7 @@ def _lora_config(cfg: AdapterConfig, targets: list[str]):
 def _lora(model, cfg, tokenizer, device):
     from peft import get_peft_model
 
-    return get_peft_model(model, _lora_config(cfg, lora_targets(model, cfg))), []
+    return Applied(get_peft_model(model, _lora_config(cfg, lora_targets(model, cfg))), [], {})
 
 
 def quant_spec(cfg: AdapterConfig) -> QuantSpec:
@@ -265,7 +272,8 @@ def _qlora(model, cfg, tokenizer, device):
 
     targets = lora_targets(model, cfg)  # names, read before the layers change class
     report = quantize_base(model, quant_spec(cfg), device)
-    return get_peft_model(model, _lora_config(cfg, targets)), [report.summary()]
+    peft_model = get_peft_model(model, _lora_config(cfg, targets))
+    return Applied(peft_model, [report.summary()], {"quantization": report.to_dict()})
 
 
 def _ia3(model, cfg, tokenizer, device):
@@ -278,9 +286,8 @@ def _ia3(model, cfg, tokenizer, device):
         modules_to_save=list(cfg.modules_to_save) or None,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config), [
-        f"ia3: scaling {', '.join(targets)} (feed-forward: {', '.join(feedforward) or 'none'})"
-    ]
+    note = f"ia3: scaling {', '.join(targets)} (feed-forward: {', '.join(feedforward) or 'none'})"
+    return Applied(get_peft_model(model, config), [note], {})
 
 
 def _prompt_learning(model, cfg, tokenizer, device):
@@ -310,7 +317,7 @@ def _prompt_learning(model, cfg, tokenizer, device):
         )
     else:
         config = PromptTuningConfig(**common, prompt_tuning_init=PromptTuningInit.RANDOM)
-    return get_peft_model(model, config), []
+    return Applied(get_peft_model(model, config), [], {})
 
 
 _APPLY: dict[str, Callable] = {
@@ -327,7 +334,7 @@ _APPLY: dict[str, Callable] = {
 
 def add_lora(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Module:
     """Wrap ``model`` with a PEFT LoRA adapter (``adapter.type=lora`` of :func:`apply_adapter`)."""
-    return _lora(model, cfg, None, torch.device("cpu"))[0]
+    return _lora(model, cfg, None, torch.device("cpu")).model
 
 
 def is_prompt_learning(model: torch.nn.Module) -> bool:

@@ -136,14 +136,14 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
                 if main:
                     save_pretrained(model, tokenizer, base_dir)
         torch.manual_seed(cfg.train.seed)  # LoRA's A, prompt embeddings: same seed, same init
-        model, notes = apply_adapter(
-            model, cfg.adapter, tokenizer, strategy.device_for(cfg.train.device)
-        )
+        device = strategy.device_for(cfg.train.device)
+        applied = apply_adapter(model, cfg.adapter, tokenizer, device)
+        model = applied.model
         params = parameter_report(model)
         if main:
             ranks = strategy.world_size
             spread = f", {strategy.name} over {ranks} processes" if ranks > 1 else ""
-            for note in adapter_notes + notes:
+            for note in adapter_notes + applied.notes:
                 print(f"lmforge: {note}")
             print(
                 f"lmforge: {cfg.stage} {cfg.adapter.type}: {format_report(params)}\n"
@@ -154,6 +154,7 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step) -> Run:
             params_trainable=params["trainable"],
             params_trainable_pct=params["trainable_pct"],
             params_by_group=params["groups"],
+            **applied.metrics,
         )
 
         hf = model.get_base_model() if hasattr(model, "get_base_model") else model
