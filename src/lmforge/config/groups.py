@@ -141,8 +141,8 @@ class AdapterConfig(Group):
     )
     double_quant: bool = Field(
         True,
-        description="qlora: quantise the per-block scales too (~0.4 bit per weight less); "
-        "torchao always does",
+        description="qlora: store the per-block scales in 8 bits instead of 32 (blocks of 64: "
+        "0.5 -> 0.13 bit per weight, less gain on small layers); torchao always does",
     )
     quant_block_size: Literal[32, 64, 128, 256, 512, 1024, 2048, 4096] = Field(
         64,

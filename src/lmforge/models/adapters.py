@@ -37,7 +37,14 @@ import torch
 
 from lmforge.config.groups import PROMPT_LEARNING, AdapterConfig
 from lmforge.errors import ConfigError
-from lmforge.models.quantize import QuantSpec, dequantize_base, is_4bit, plan, quantize_base
+from lmforge.models.quantize import (
+    QuantSpec,
+    dequantize_base,
+    is_4bit,
+    plan,
+    quantize_base,
+    require_backend,
+)
 
 ADAPTER_INFO = "lmforge_adapter.json"
 PEFT_TYPES = ("lora", "qlora", "ia3", *PROMPT_LEARNING)  # saved as a PEFT adapter
@@ -72,8 +79,6 @@ def check_config(cfg: AdapterConfig, stage: str, packing: bool) -> list[str]:
                 "every row: training on padded rows, train.packing is not used"
             )
     if cfg.type == "qlora":
-        from lmforge.models.quantize import require_backend
-
         require_backend(cfg.quant_backend)
     return notes
 
@@ -94,8 +99,7 @@ def check_fits(model: torch.nn.Module, cfg: AdapterConfig) -> None:
         lora_targets(model, cfg)
     if cfg.type == "ia3":
         ia3_targets(model, cfg)
-    for name in cfg.modules_to_save:
-        _matching_modules(model, name, "adapter.modules_to_save")
+    _modules_to_save(model, cfg)
     if cfg.type == "qlora":
         will, skipped = plan(model, quant_spec(cfg))
         if not will:
@@ -168,13 +172,18 @@ def ia3_targets(model: torch.nn.Module, cfg: AdapterConfig) -> tuple[list[str], 
 def _matching_modules(model: torch.nn.Module, pattern: str, key: str) -> list[torch.nn.Module]:
     """Modules whose full name is ``pattern``, ends with ``.pattern``, or fully matches it as a
     regular expression; none is a ConfigError naming modules that exist."""
+    return [model.get_submodule(n) for n in _matching_names(model, pattern, key)]
+
+
+def _matching_names(model: torch.nn.Module, pattern: str, key: str) -> list[str]:
+    """The full names :func:`_matching_modules` selects."""
     try:
         regex = re.compile(pattern)
     except re.error:
         regex = None
     found = [
-        m
-        for n, m in model.named_modules()
+        n
+        for n, _ in model.named_modules()
         if n and (n == pattern or n.endswith("." + pattern) or (regex and regex.fullmatch(n)))
     ]
     if not found:
@@ -242,7 +251,16 @@ def _freeze(model, cfg, tokenizer, device):
     return Applied(model, [note], {})
 
 
-def _lora_config(cfg: AdapterConfig, targets: list[str]):
+def _modules_to_save(model: torch.nn.Module, cfg: AdapterConfig) -> list[str] | None:
+    """Full names of the ``modules_to_save`` entries (matched like ``train_modules``): PEFT
+    takes any module whose name merely ends with an entry, so ``norm`` would also catch every
+    ``input_layernorm``; full names make its match exact."""
+    key = "adapter.modules_to_save"
+    names = {n for p in cfg.modules_to_save for n in _matching_names(model, p, key)}
+    return sorted(names) or None
+
+
+def _lora_config(cfg: AdapterConfig, targets: list[str], save: list[str] | None):
     from peft import LoraConfig
 
     return LoraConfig(
@@ -252,7 +270,7 @@ def _lora_config(cfg: AdapterConfig, targets: list[str]):
         target_modules=targets,
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
-        modules_to_save=list(cfg.modules_to_save) or None,
+        modules_to_save=save,
         task_type="CAUSAL_LM",
     )
 
@@ -260,7 +278,8 @@ def _lora_config(cfg: AdapterConfig, targets: list[str]):
 def _lora(model, cfg, tokenizer, device):
     from peft import get_peft_model
 
-    return Applied(get_peft_model(model, _lora_config(cfg, lora_targets(model, cfg))), [], {})
+    config = _lora_config(cfg, lora_targets(model, cfg), _modules_to_save(model, cfg))
+    return Applied(get_peft_model(model, config), [], {})
 
 
 def quant_spec(cfg: AdapterConfig) -> QuantSpec:
@@ -270,9 +289,10 @@ def quant_spec(cfg: AdapterConfig) -> QuantSpec:
 def _qlora(model, cfg, tokenizer, device):
     from peft import get_peft_model
 
-    targets = lora_targets(model, cfg)  # names, read before the layers change class
+    # names read before the layers change class
+    config = _lora_config(cfg, lora_targets(model, cfg), _modules_to_save(model, cfg))
     report = quantize_base(model, quant_spec(cfg), device)
-    peft_model = get_peft_model(model, _lora_config(cfg, targets))
+    peft_model = get_peft_model(model, config)
     return Applied(peft_model, [report.summary()], {"quantization": report.to_dict()})
 
 
@@ -283,7 +303,7 @@ def _ia3(model, cfg, tokenizer, device):
     config = IA3Config(
         target_modules=targets,
         feedforward_modules=feedforward,
-        modules_to_save=list(cfg.modules_to_save) or None,
+        modules_to_save=_modules_to_save(model, cfg),
         task_type="CAUSAL_LM",
     )
     note = f"ia3: scaling {', '.join(targets)} (feed-forward: {', '.join(feedforward) or 'none'})"
