@@ -38,6 +38,9 @@ def test_the_expected_configs_ship() -> None:
         "export_merge.yaml",
         "sft_llamafactory.yaml",
         "sweep.yaml",
+        "sft_qlora.yaml",
+        "sft_prompt.yaml",
+        "sft_freeze.yaml",
     } <= names
 
 
@@ -73,6 +76,16 @@ def test_sweep_config_trials_validate(monkeypatch) -> None:
     assert sweep.enqueue and set(sweep.enqueue[0]) == set(sweep.space)
 
 
+def test_adapter_configs_say_what_they_are() -> None:
+    for name, kind in [("sft_qlora", "qlora"), ("sft_prompt", "prompt"), ("sft_freeze", "freeze")]:
+        cfg = load_config(RECIPE_CONFIGS["train"], CONFIGS / f"{name}.yaml")
+        assert cfg.stage == "sft" and cfg.adapter.type == kind and cfg.model.path
+    # the variants the prompt config's comments show are valid too
+    for kind in ("p-tuning", "prefix"):
+        overrides = [f"adapter.type={kind}", "adapter.prompt_init_text=null"]
+        load_config(RECIPE_CONFIGS["train"], CONFIGS / "sft_prompt.yaml", overrides)
+
+
 @pytest.fixture
 def one_thread():
     before = torch.get_num_threads()
@@ -82,7 +95,7 @@ def one_thread():
 
 
 def test_training_configs_run(one_thread, tokenizer_dir, demo_data, tmp_path, capsys) -> None:
-    """pretrain.yaml then sft_lora.yaml on top of it, one step each, only paths overridden."""
+    """pretrain.yaml, then every sft config on top of it, one step each, only paths overridden."""
     quick = [
         "train.max_steps=1",
         "train.eval_batches=1",
@@ -101,20 +114,24 @@ def test_training_configs_run(one_thread, tokenizer_dir, demo_data, tmp_path, ca
         ]
     )
     assert code == 0, capsys.readouterr().err
-    sft = tmp_path / "sft"
-    code = main(
-        [
-            "train",
-            str(CONFIGS / "sft_lora.yaml"),
-            f"model.path={pt}",
-            f"data.train=[{demo_data['tasks']}]",
-            f"output_dir={sft}",
-            *quick,
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
-    for run in (pt, sft):
+    sft_runs = {}
+    for name in ("sft_lora", "sft_qlora", "sft_prompt", "sft_freeze"):
+        sft_runs[name] = tmp_path / name
+        code = main(
+            [
+                "train",
+                str(CONFIGS / f"{name}.yaml"),
+                f"model.path={pt}",
+                f"data.train=[{demo_data['tasks']}]",
+                f"output_dir={sft_runs[name]}",
+                *quick,
+            ]
+        )
+        assert code == 0, capsys.readouterr().err
+    for run in (pt, *sft_runs.values()):
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["status"] == "completed"
         assert manifest["counts"]["validation_units"] > 0  # val_ratio held data out
-    assert (sft / "model" / "adapter_config.json").is_file()
+    for name in ("sft_lora", "sft_qlora", "sft_prompt"):
+        assert (sft_runs[name] / "model" / "adapter_config.json").is_file()
+    assert (sft_runs["sft_freeze"] / "model" / "model.safetensors").is_file()

@@ -19,11 +19,15 @@ RECIPES: dict[str, tuple[str, str]] = {
     "data dvc": ("", "data dvc PIPELINE.yaml... [-o dvc.yaml]: DVC stages for prepare runs"),
     "tokenizer": ("tokenizer", "train a tokenizer (byte-level BPE, Unigram, WordPiece)"),
     "tokenizer extend": ("vocab", "add domain terms to a model's vocabulary (mean-init rows)"),
-    "train": ("train", "pretrain (stage: pt) or fine-tune (stage: sft), full or LoRA"),
+    "train": (
+        "train",
+        "pretrain (stage: pt: clm, mlm, plm, contrastive), fine-tune (sft) or classify (cls): "
+        "full, freeze, lora, qlora, ia3, prefix, prompt or p-tuning (adapter.type)",
+    ),
     "generate": ("generate", "prompts file -> outputs file"),
     "chat": ("chat", "talk to a model in the terminal"),
     "evaluate": ("evaluate", "perplexity and exact-match accuracy"),
-    "export merge": ("export", "merge a LoRA adapter into a plain Hugging Face model"),
+    "export merge": ("export", "merge a LoRA, DoRA, IA3 or QLoRA adapter into a plain model"),
     "sweep": ("sweep", "search config keys with Optuna (TPE, pruning): results table, best.yaml"),
     "demo": ("demo", "the whole path on CPU: data, tokenizer, pretrain, LoRA, eval, merge"),
     "lineage": ("", "lineage PATH: the chain of runs and files behind an artifact"),

@@ -43,11 +43,11 @@ def test_unknown_key_lists_the_valid_keys_of_its_group() -> None:
 
 def test_bad_value_names_file_key_and_allowed_values(tmp_path) -> None:
     path = tmp_path / "train.yaml"
-    path.write_text("stage: sft\nadapter:\n  type: qlora\n")
+    path.write_text("stage: sft\nadapter:\n  type: adalora\n")
     message = _error([], path)
     assert str(path) in message
     assert "adapter.type" in message
-    assert "'full' | 'lora'" in message and "'qlora'" in message
+    assert "'full' | 'freeze' | 'lora'" in message and "'qlora'" in message
 
 
 def test_bad_number_names_key_and_type(tmp_path) -> None:
@@ -118,7 +118,7 @@ def test_train_help_lists_keys_with_help(capsys) -> None:
     for key, _, _, help_text in describe(TrainRecipe):
         assert key in out
         assert help_text in out
-    assert "'full' | 'lora'" in out  # types and defaults too
+    assert "'full' | 'freeze' | 'lora'" in out  # types and defaults too
 
 
 @pytest.mark.parametrize(

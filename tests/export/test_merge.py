@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 from lmforge.artifacts import Run, lineage
 from lmforge.cli import main
 from lmforge.config.groups import AdapterConfig, ModelConfig
-from lmforge.models.load import add_lora, build_model
+from lmforge.models.adapters import add_lora
+from lmforge.models.load import build_model
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_merge_rejects_a_folder_that_is_not_an_adapter(tiny_model_dir, tmp_path,
     code = main(["export", "merge", f"adapter={tiny_model_dir}", f"output_dir={tmp_path}"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "not a LoRA adapter" in err and "Traceback" not in err
+    assert "not a PEFT adapter" in err and "Traceback" not in err
 
 
 def test_merge_from_a_run_directory_links_lineage(adapter, tmp_path):

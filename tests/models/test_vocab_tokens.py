@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lmforge.config.groups import AdapterConfig, ModelConfig
-from lmforge.models.load import add_lora, build_model, load_tokenizer
+from lmforge.models.adapters import Task, add_lora
+from lmforge.models.load import build_model, load_tokenizer
 from lmforge.models.vocab import (
     add_tokens,
     extend_vocabulary,
@@ -72,7 +73,7 @@ def test_lora_trains_only_the_new_rows_of_the_embeddings(tokenizer_dir) -> None:
     ids = extend_vocabulary(model, tok, NEW, special=True)
     old_emb = model.get_input_embeddings().weight.detach().clone()
     old_head = model.get_output_embeddings().weight.detach().clone()
-    peft = add_lora(model, AdapterConfig(rank=4), new_token_ids=ids)
+    peft = add_lora(model, AdapterConfig(type="lora", rank=4), Task(new_token_ids=tuple(ids)))
     optimizer = torch.optim.SGD([p for p in peft.parameters() if p.requires_grad], lr=1.0)
     inputs = torch.tensor([[5, 6, ids[0], 7, ids[1]]])
     loss = peft(input_ids=inputs, labels=inputs).loss

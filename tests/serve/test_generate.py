@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lmforge.config.groups import AdapterConfig, GenerationConfig, ModelConfig
-from lmforge.models.load import add_lora, build_model
+from lmforge.models.adapters import add_lora
+from lmforge.models.load import build_model
 from lmforge.serve.generate import _decode, encode_prompts, generate
 
 PROMPTS = ["Is 41 even or odd?", "hi", "Spell out the number 62, please, in English words."]

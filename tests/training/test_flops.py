@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lmforge.config.groups import AdapterConfig
-from lmforge.models.load import add_lora
+from lmforge.models.adapters import add_lora
 from lmforge.models.presets import preset_config
 from lmforge.training.flops import (
     FlopsProfile,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lmforge.config.groups import AdapterConfig, ModelConfig
-from lmforge.models.load import add_lora, build_model
+from lmforge.models.adapters import add_lora
+from lmforge.models.load import build_model
 from lmforge.training.lowrank import LowRankLinear, use_fast_lowrank
 
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config.groups import AdapterConfig, ModelConfig
-from lmforge.models.load import add_lora, build_model
+from lmforge.models.adapters import add_lora
+from lmforge.models.load import build_model
 from lmforge.training.collate import IGNORE, Piece, varlen_batch
 from lmforge.training.objectives.causal import CausalLMLoss, linear_cross_entropy
 

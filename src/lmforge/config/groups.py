@@ -176,14 +176,147 @@ class DataConfig(Group):
         return self
 
 
+AdapterType = Literal["full", "freeze", "lora", "qlora", "prefix", "prompt", "p-tuning", "ia3"]
+PROMPT_LEARNING = ("prefix", "prompt", "p-tuning")  # virtual tokens: padded rows, no merging
+
+# the adapter.type values that read each option; set for any other type, it is an error
+_READ_BY: dict[str, tuple[str, ...]] = {
+    "rank": ("lora", "qlora"),
+    "alpha": ("lora", "qlora"),
+    "dropout": ("lora", "qlora"),
+    "use_dora": ("lora", "qlora"),
+    "use_rslora": ("lora", "qlora"),
+    "target_modules": ("lora", "qlora", "ia3"),
+    "feedforward_modules": ("ia3",),
+    "modules_to_save": ("lora", "qlora", "ia3"),
+    "train_layers": ("freeze",),
+    "train_modules": ("freeze",),
+    "quant_backend": ("qlora",),
+    "double_quant": ("qlora",),
+    "quant_block_size": ("qlora",),
+    "compute_dtype": ("qlora",),
+    "num_virtual_tokens": PROMPT_LEARNING,
+    "prompt_init_text": ("prompt",),
+    "encoder_hidden_size": ("p-tuning",),
+}
+
+
 class AdapterConfig(Group):
-    type: Literal["full", "lora"] = Field("full", description="what is trained")
-    rank: int = Field(8, gt=0, description="LoRA rank r")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="module names to adapt, or all-linear"
+    """What is trained (see docs/finetuning.md for the methods side by side). Each option below
+    names the types that read it; setting it for another type is an error."""
+
+    type: AdapterType = Field(
+        "full",
+        description="full: every weight; freeze: the last decoder layers and named modules; "
+        "lora, qlora (LoRA on a 4-bit base), ia3: PEFT adapters that merge into the base; "
+        "prefix, prompt, p-tuning: learned virtual tokens (padded rows, served with the adapter)",
     )
+    rank: int = Field(8, gt=0, description="lora/qlora: rank r of the update B·A")
+    alpha: float = Field(16.0, gt=0, description="lora/qlora: scale numerator (alpha / rank)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="lora/qlora: dropout on the input")
+    use_dora: bool = Field(
+        False, description="lora/qlora: DoRA, a learned magnitude per output row besides LoRA"
+    )
+    use_rslora: bool = Field(
+        False, description="lora/qlora: rsLoRA scale alpha / sqrt(rank), stable at high rank"
+    )
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None,
+        description="lora/qlora/ia3: module names or name suffixes (q_proj, mlp.down_proj) to "
+        "adapt, or all-linear; null: all-linear for LoRA, PEFT's choice per architecture for "
+        "IA3 (llama: k_proj, v_proj, down_proj; bert: key, value, output.dense)",
+    )
+    feedforward_modules: list[str] | None = Field(
+        None,
+        description="ia3: the targets that are feed-forward layers (scaled on their input, the "
+        "others on their output); null: PEFT's choice for the architecture, among the targets",
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="lora/qlora/ia3: modules trained in full beside the adapter (e.g. lm_head)",
+    )
+    train_layers: int = Field(
+        0, ge=0, description="freeze: train the last N decoder layers (the rest stay frozen)"
+    )
+    train_modules: list[str] = Field(
+        default_factory=list,
+        description="freeze: also train these modules: a name, a name suffix (lm_head, norm) "
+        "or a regular expression matching the whole module name",
+    )
+    quant_backend: Literal["bitsandbytes", "torchao"] = Field(
+        "bitsandbytes",
+        description="qlora: 4-bit NF4 base from bitsandbytes (Linear4bit) or torchao "
+        "(NF4Tensor); on CPU both dequantise to multiply: they save memory, not time",
+    )
+    double_quant: bool = Field(
+        True,
+        description="qlora: store the per-block scales in 8 bits instead of 32 (blocks of 64: "
+        "0.5 -> 0.13 bit per weight, less gain on small layers); torchao always does",
+    )
+    quant_block_size: Literal[32, 64, 128, 256, 512, 1024, 2048, 4096] = Field(
+        64,
+        description="qlora: weights per NF4 block (the sizes bitsandbytes takes); torchao leaves "
+        "a layer whose size does not split into blocks in full precision (reported at start)",
+    )
+    compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="qlora: dtype of the dequantised matmul; auto: fp32 on CPU, bf16 on GPU"
+    )
+    num_virtual_tokens: int = Field(
+        20, gt=0, description="prefix/prompt/p-tuning: virtual tokens put before every row"
+    )
+    prompt_init_text: str | None = Field(
+        None,
+        description="prompt: start the virtual tokens from this text's token embeddings "
+        "(repeated or cut to num_virtual_tokens); null: random",
+    )
+    encoder_hidden_size: int | None = Field(
+        None,
+        gt=0,
+        description="p-tuning: hidden size of the MLP that encodes the virtual tokens; null: "
+        "the model's hidden size",
+    )
+
+    @model_validator(mode="after")
+    def _options_fit_the_type(self):
+        # compared with the defaults, not with the keys given: a resolved config (torchrun,
+        # manifests) lists every key
+        fields = type(self).model_fields
+        wrong = [
+            key
+            for key, readers in _READ_BY.items()
+            if self.type not in readers
+            and getattr(self, key) != fields[key].get_default(call_default_factory=True)
+        ]
+        if wrong:
+            read = "; ".join(f"{k} by {'/'.join(_READ_BY[k])}" for k in wrong)
+            raise ValueError(
+                f"adapter.type={self.type} does not read "
+                f"{', '.join('adapter.' + k for k in wrong)} (read: {read}): "
+                "remove it or change adapter.type"
+            )
+        if self.type == "freeze" and not (self.train_layers or self.train_modules):
+            raise ValueError(
+                "adapter.type=freeze trains nothing: set adapter.train_layers (the last N "
+                "decoder layers) and/or adapter.train_modules (e.g. [lm_head, norm])"
+            )
+        if self.type == "qlora" and self.quant_backend == "torchao":
+            if not self.double_quant:
+                raise ValueError(
+                    "torchao NF4 always quantises the block scales: adapter.double_quant=false "
+                    "needs adapter.quant_backend=bitsandbytes"
+                )
+            if self.use_dora:
+                raise ValueError(
+                    "DoRA needs the base weight's norm, which PEFT cannot read from a torchao "
+                    "NF4 tensor: use adapter.quant_backend=bitsandbytes with adapter.use_dora"
+                )
+        if self.feedforward_modules and isinstance(self.target_modules, list):
+            extra = sorted(set(self.feedforward_modules) - set(self.target_modules))
+            if extra:
+                raise ValueError(
+                    f"adapter.feedforward_modules {extra} must also be in adapter.target_modules"
+                )
+        return self
 
 
 class ObjectiveConfig(Group):

@@ -50,7 +50,9 @@ class TrainRecipe(RecipeConfig):
         default_factory=ObjectiveConfig, description="what stage pt learns"
     )
     cls: ClassifyConfig = Field(default_factory=ClassifyConfig, description="stage cls")
-    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="full or LoRA")
+    adapter: AdapterConfig = Field(
+        default_factory=AdapterConfig, description="what trains: full, freeze, LoRA, QLoRA, ..."
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
     track: TrackConfig = Field(default_factory=TrackConfig, description="logging")
     distributed: DistributedConfig = Field(
@@ -124,7 +126,9 @@ class EvaluateRecipe(RecipeConfig):
 
 
 class ExportMergeRecipe(RecipeConfig):
-    adapter: str | None = Field(None, description="LoRA run directory or adapter folder to merge")
+    adapter: str | None = Field(
+        None, description="adapter run directory or folder to merge (LoRA, DoRA, IA3, QLoRA)"
+    )
     base: str | None = Field(None, description="base model folder (default: from the adapter)")
 
 

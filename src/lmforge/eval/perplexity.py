@@ -102,9 +102,10 @@ def _score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -
     for row, (inp, _) in enumerate(batch):
         input_ids[row, : len(inp)] = torch.tensor(inp)
         mask[row, : len(inp)] = 1
+    # the last ``longest`` positions: prompt/P-tuning adapters put virtual tokens in front
     logits = model(
         input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False
-    ).logits
+    ).logits[:, -longest:]
     nlls = []
     for row, (inp, targets) in enumerate(batch):
         logp = logits[row, len(inp) - len(targets) : len(inp)].float().log_softmax(-1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from lmforge.config.groups import AdapterConfig, ModelConfig
+from lmforge.config.groups import ModelConfig
 from lmforge.errors import ConfigError, UserError
 
 MODEL_SUBDIR = "model"
@@ -161,7 +161,7 @@ def build_model(
     folder = resolve_dir(cfg.path, "model.path")
     if is_adapter_dir(folder):
         raise ConfigError(
-            f"model.path {folder} holds a LoRA adapter, not a full model: merge it first "
+            f"model.path {folder} holds a PEFT adapter, not a full model: merge it first "
             "(lmforge export merge) or set it as model.adapter on top of its base"
         )
     if not (folder / "config.json").is_file():
@@ -246,63 +246,6 @@ def saved_head(folder: Path) -> str:
     return "base" if arch.endswith("Model") else "causal-lm"
 
 
-# output heads: trained in full (classifiers) or left alone, never adapted by all-linear
-_HEAD_NAMES = ("lm_head", "classifier", "score", "decoder")
-
-
-def linear_module_names(model: torch.nn.Module) -> list[str]:
-    """Leaf names of Linear layers (what LoRA can target), excluding the output heads."""
-    names = set()
-    for name, module in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        if isinstance(module, torch.nn.Linear) and leaf not in _HEAD_NAMES:
-            names.add(leaf)
-    return sorted(names)
-
-
-def lora_targets(model: torch.nn.Module, cfg: AdapterConfig) -> list[str]:
-    """The module names LoRA will adapt; unknown names are a config error."""
-    available = linear_module_names(model)
-    if cfg.target_modules != "all-linear":
-        missing = [t for t in cfg.target_modules if t not in available]
-        if missing:
-            raise ConfigError(
-                f"adapter.target_modules {missing} not found in the model; "
-                f"linear modules here: {', '.join(available)} (or use all-linear)"
-            )
-    return available if cfg.target_modules == "all-linear" else list(cfg.target_modules)
-
-
-def add_lora(
-    model: torch.nn.Module,
-    cfg: AdapterConfig,
-    task_type: str | None = "CAUSAL_LM",
-    new_token_ids: list[int] | None = None,
-) -> torch.nn.Module:
-    """Wrap ``model`` with a PEFT LoRA adapter. ``task_type`` (PEFT's: CAUSAL_LM, SEQ_CLS,
-    TOKEN_CLS, FEATURE_EXTRACTION; None: its generic model) decides which head PEFT also trains
-    and saves in full (the new classifier of SEQ_CLS and TOKEN_CLS) and how the adapter is
-    reloaded. ``new_token_ids``: tokens just added to the vocabulary, whose embedding (and
-    output) rows train too (PEFT trainable tokens), so that the model can learn a new
-    end-of-turn token though the embeddings are otherwise frozen."""
-    from peft import LoraConfig, get_peft_model
-
-    from lmforge.models.vocab import trainable_token_indices
-
-    targets = lora_targets(model, cfg)
-    lora = LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=targets,
-        task_type=task_type,
-        trainable_token_indices=(
-            trainable_token_indices(model, new_token_ids) if new_token_ids else None
-        ),
-    )
-    return get_peft_model(model, lora)
-
-
 def adapter_base(adapter_dir: Path) -> Path:
     """The base model folder recorded in the adapter's ``adapter_config.json``."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
@@ -311,12 +254,15 @@ def adapter_base(adapter_dir: Path) -> Path:
     return resolve_dir(config["base_model_name_or_path"], "base model (from adapter_config.json)")
 
 
-def load_for_inference(cfg: ModelConfig, device: str = "cpu"):
+def load_for_inference(cfg: ModelConfig, device: str = "cpu", dequantized: bool = False):
     """(model in eval mode, tokenizer) from a full model folder, optionally with an adapter on top.
 
     ``cfg.adapter`` may be given without ``cfg.path`` (or ``cfg.path`` may be an adapter): the
     base is then read from the adapter's config. The tokenizer is ``cfg.tokenizer``, else the
-    adapter's when it ships one (fine-tuning may add tokens), else the base's.
+    adapter's when it ships one (fine-tuning may add tokens), else the base's. Any adapter type
+    loads (``models.adapters``); a QLoRA adapter sits on the 4-bit base it was trained on, or
+    with ``dequantized`` on that base turned back into fp32 layers (the same values; merging
+    needs it).
     """
     adapter_dir = resolve_dir(cfg.adapter, "model.adapter") if cfg.adapter else None
     base_dir = resolve_dir(cfg.path, "model.path") if cfg.path else None
@@ -340,9 +286,11 @@ def load_for_inference(cfg: ModelConfig, device: str = "cpu"):
         config_updates=updates,
     )
     if adapter_dir is not None:
-        from peft import PeftModel
+        from lmforge.models.adapters import load_adapter
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        model, notes = load_adapter(model, adapter_dir, torch.device(device), dequantized)
+        for note in notes:
+            print(f"lmforge: {note}")
     model.to(device).eval()
     return model, tokenizer
 

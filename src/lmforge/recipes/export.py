@@ -1,4 +1,5 @@
-"""``lmforge export merge CONFIG``: fold a LoRA adapter into its base model.
+"""``lmforge export merge CONFIG``: fold a LoRA, DoRA, IA3 or QLoRA adapter into its base model
+(a QLoRA base is dequantised to fp32 first; prefix/prompt/p-tuning adapters cannot be merged).
 
     lmforge export merge adapter=runs/lora output_dir=runs/merged
     lmforge export merge adapter=runs/lora/model base=runs/pt/model output_dir=runs/merged
@@ -17,6 +18,7 @@ from lmforge.config import to_dict
 from lmforge.config.recipes import ExportMergeRecipe
 from lmforge.errors import ConfigError, UserError
 from lmforge.export.merge import merge_adapter
+from lmforge.models.adapters import check_mergeable
 from lmforge.models.load import (
     MODEL_SUBDIR,
     adapter_base,
@@ -28,13 +30,14 @@ from lmforge.models.load import (
 
 def merge(cfg: ExportMergeRecipe) -> Run:
     if not cfg.adapter:
-        raise ConfigError("set adapter: a LoRA training run directory or an adapter folder")
+        raise ConfigError("set adapter: an adapter training run directory or an adapter folder")
     adapter_dir = resolve_dir(cfg.adapter, "adapter")
     if not is_adapter_dir(adapter_dir):
         raise UserError(
-            f"{adapter_dir} has no adapter_config.json: not a LoRA adapter "
-            "(a full fine-tune needs no merge)"
+            f"{adapter_dir} has no adapter_config.json: not a PEFT adapter "
+            "(a full or freeze fine-tune needs no merge)"
         )
+    check_mergeable(adapter_dir)  # prefix/prompt/p-tuning: nothing to merge, before any work
     base_dir = resolve_dir(cfg.base, "base") if cfg.base else adapter_base(adapter_dir)
     source = find_manifest(adapter_dir)
     if source is not None and source.parent.resolve() == Path(cfg.output_dir).resolve():

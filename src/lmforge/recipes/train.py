@@ -1,5 +1,6 @@
 """``lmforge train CONFIG``: pretrain (``stage: pt``), fine-tune (``stage: sft``) or train a
-classifier (``stage: cls``), full or LoRA. What each stage trains is in ``training.stages``.
+classifier (``stage: cls``) with any ``adapter.type`` (full, freeze, lora, qlora, ia3, prefix,
+prompt, p-tuning: ``models.adapters``). What each stage trains is in ``training.stages``.
 
     lmforge train configs/sft_lora.yaml model.path=runs/pt train.max_steps=200
     lmforge train configs/cls_minilm_lora.yaml              # MiniLM + LoRA text classifier
@@ -7,7 +8,7 @@ classifier (``stage: cls``), full or LoRA. What each stage trains is in ``traini
     lmforge train configs/sft_lora.yaml launcher.nproc=2   # 2 processes (see training.distributed)
     torchrun --standalone --nproc_per_node 2 -m lmforge.cli train configs/sft_lora.yaml  # same
 
-Run directory: ``model/`` (full weights, or the LoRA adapter + ``base/`` when the base was a
+Run directory: ``model/`` (full weights, or the PEFT adapter + ``base/`` when the base was a
 preset), ``checkpoints/step-N/``, ``metrics.jsonl``, ``tensorboard/``, ``rejects.jsonl``,
 ``manifest.json``. ``train.resume=auto`` (default) continues from the latest checkpoint.
 Tokenised data is cached (``data.cache``, see ``lmforge.training.data``); the manifest's
@@ -24,19 +25,28 @@ import torch
 
 from lmforge.artifacts import Run, recorded
 from lmforge.config import to_dict
+from lmforge.config.groups import AdapterConfig
 from lmforge.config.recipes import TrainRecipe
 from lmforge.data.readers import Rejects, split_selector
 from lmforge.errors import ConfigError
+from lmforge.models.adapters import (
+    Task,
+    apply_adapter,
+    check_config,
+    check_fits,
+    pads_rows,
+    saves_adapter,
+    write_adapter_info,
+)
 from lmforge.models.load import (
     LABELS_FILE,
     MODEL_SUBDIR,
-    add_lora,
     build_model,
     load_tokenizer,
-    lora_targets,
     resolve_dir,
     save_pretrained,
 )
+from lmforge.models.params import format_report, parameter_report
 from lmforge.tokenizer.templates import apply_template, check_eos_template, fit_model_to_template
 from lmforge.training.data import load_stage_data
 from lmforge.training.datasets import mixing_summary
@@ -85,6 +95,7 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
             print(f"lmforge: reusing finished {cfg.stage} run {run.dir}")
         return run
     with recorded(run) if main else contextlib.nullcontext(run):  # the manifest: rank 0's
+        adapter_notes = check_config(cfg.adapter, cfg.stage, cfg.train.packing)  # before data
         tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
         # data.template: the tokenizer gets it (and its tokens, its EOS); saved with the model
         template = apply_template(tokenizer, cfg.data.template) if cfg.data.template else None
@@ -142,29 +153,39 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
                 f"the tokenizer has {len(tokenizer)} tokens but the model's "
                 f"embedding has {vocab} rows: use the model's own tokenizer"
             )
+        check_fits(model, cfg.adapter)  # fail on a bad target or layer count before writing
         base_dir = None
-        if cfg.adapter.type == "lora":
-            lora_targets(model, cfg.adapter)  # fail on a bad target before writing anything
-            # a preset base exists nowhere else: save it (before LoRA wraps it) for later loading
-            if cfg.model.path and not new_ids:  # grown embeddings: the base is saved here
+        if saves_adapter(cfg.adapter.type):
+            # a preset base exists nowhere else: save it (in fp32, before the adapter wraps or
+            # quantises it) for later loading; so is a base whose embeddings grew (new_ids)
+            if cfg.model.path and not new_ids:
                 base_dir = resolve_dir(cfg.model.path)
             else:
                 base_dir = run.dir / "base"
                 if main:
                     save_pretrained(model, tokenizer, base_dir)
-            torch.manual_seed(cfg.train.seed)  # LoRA's A matrices are random: same seed, same A
-            model = add_lora(model, cfg.adapter, task_type=plan.peft_task, new_token_ids=new_ids)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+        torch.manual_seed(cfg.train.seed)  # LoRA's A, prompt embeddings: same seed, same init
+        device = strategy.device_for(cfg.train.device)
+        task = Task(plan.peft_task, tuple(new_ids or ()))
+        applied = apply_adapter(model, cfg.adapter, tokenizer, device, task)
+        model = applied.model
+        params = parameter_report(model)
         if main:
             ranks = strategy.world_size
             spread = f", {strategy.name} over {ranks} processes" if ranks > 1 else ""
+            for note in adapter_notes + applied.notes:
+                print(f"lmforge: {note}")
             print(
-                f"lmforge: {plan.name} {cfg.adapter.type}: {trainable:,} of {total:,} parameters "
-                f"trainable ({100 * trainable / total:.2f}%), {len(train.units)} training units"
-                f"{spread}"
+                f"lmforge: {plan.name} {cfg.adapter.type}: {format_report(params)}\n"
+                f"lmforge: {len(train.units)} training units{spread}"
             )
-        run.metrics.update(params_total=total, params_trainable=trainable)
+        run.metrics.update(
+            params_total=params["total"],
+            params_trainable=params["trainable"],
+            params_trainable_pct=params["trainable_pct"],
+            params_by_group=params["groups"],
+            **applied.metrics,
+        )
 
         hf = model.get_base_model() if hasattr(model, "get_base_model") else model
         if cfg.train.activation_checkpointing:
@@ -177,13 +198,15 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
         # model without transformers' attention interface, sft examples are packed into rows of
         # at most max_length tokens instead; pt blocks are all max_length long: one row each;
         # encoders and classifiers get one padded row per piece with an attention mask.
-        capacity = cfg.data.max_length if (plan.pack_rows and cfg.train.packing) else None
+        # prefix/prompt/p-tuning prepend virtual tokens to every row: one padded row per example
+        packing = cfg.train.packing and not pads_rows(cfg.adapter.type)
+        capacity = cfg.data.max_length if (plan.pack_rows and packing) else None
         opts = LoopOptions(
             trajectory=trajectory(run, strategy.world_size, plan.batch_size_matters),
             run_dir=run.dir,
             pad_id=tokenizer.pad_token_id,
             pack_capacity=capacity,
-            varlen=cfg.train.packing,
+            varlen=packing,
             attention_mask=plan.attention_mask,
             objective=plan.objective,
             progress=cfg.track.progress,
@@ -197,7 +220,9 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
         train_cfg = cfg.train.model_copy(update={"resume": "never"}) if cfg.force else cfg.train
         run.metrics.update(train_loop(model, train.units, val.units, train_cfg, opts))
 
-        out = save_model(model, tokenizer, run.dir / MODEL_SUBDIR, base_dir, strategy, plan)
+        out = save_model(
+            model, tokenizer, run.dir / MODEL_SUBDIR, base_dir, strategy, cfg.adapter, plan
+        )
         if main:
             run.add_output(out, "model")
             run.add_output(run.dir / "metrics.jsonl", "metrics")
@@ -268,10 +293,12 @@ def save_model(
     out: Path,
     base_dir: Path | None,
     strategy: Strategy | None = None,
+    adapter: AdapterConfig | None = None,
     plan: StagePlan | None = None,
 ) -> Path:
-    """Full weights, or (``base_dir`` given) the adapter with its config pointing at the base
-    (and, for a classifier, ``labels.json``: the base's config does not know the head).
+    """Full weights, or (``base_dir`` given) the adapter with its config pointing at the base,
+    ``lmforge_adapter.json`` saying which ``adapter`` type it is (see ``models.adapters``) and,
+    for a classifier, ``labels.json`` (the base's config does not know the head).
 
     Under torchrun every rank calls this (sharded weights are gathered); rank 0 writes.
     """
@@ -287,6 +314,8 @@ def save_model(
             adapter_cfg = json.loads(config_path.read_text())
             adapter_cfg["base_model_name_or_path"] = str(Path(base_dir).resolve())
             config_path.write_text(json.dumps(adapter_cfg, indent=2))
+            if adapter is not None:
+                write_adapter_info(out, adapter)
             if plan is not None and plan.labels:
                 labels = json.dumps(plan.labels, ensure_ascii=False, indent=1)
                 (out / LABELS_FILE).write_text(labels, encoding="utf-8")

@@ -23,6 +23,11 @@ Conventions (PaLM, Chowdhery et al. 2022, appendix B; Kaplan et al. 2020 for 6·
   attention needs half), and the backward is twice the forward: 12·T²·d per layer, i.e.
   PaLM's 12·L·d·T per token. For packed rows each piece counts with its own length
   (Σ lenᵢ², not row²): attention never crosses a piece.
+- **Virtual tokens** (PEFT prompt and P-tuning) run through every layer like tokens: a
+  sequence of T tokens costs as T + v tokens, attention (T + v)². Prefix tuning's v virtual
+  keys/values only widen attention: T·(T + v) pairs. The output head never runs on them, and
+  the small encoder that makes them (P-tuning's MLP) is left out (it runs once per row, not per
+  token).
 - **Useful work only**: padding is not counted, whatever a layout spends on it. Pass
   ``lm_head_positions`` when the output projection runs on the target positions only (the
   others are never needed for the loss).
@@ -48,11 +53,16 @@ TRAINED_FLOPS_PER_PARAM = 6
 ATTENTION_FLOPS = 12
 
 
-def _matmul_weights(module: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, int, bool]]:
-    """``(submodule, in × out, trained)`` for every matmul layer in ``module`` (itself included)."""
+def _matmul_weights(
+    module: torch.nn.Module, skip: set[int] = frozenset()
+) -> Iterator[tuple[torch.nn.Module, int, bool]]:
+    """``(submodule, in × out, trained)`` for every matmul layer in ``module`` (itself included),
+    except the modules whose ``id`` is in ``skip``."""
     from transformers.pytorch_utils import Conv1D  # GPT-2 style linear layers
 
     for sub in module.modules():
+        if id(sub) in skip:
+            continue
         if isinstance(sub, torch.nn.Linear):
             # in/out features, not weight.numel(): quantised layers store packed weights
             size = sub.in_features * sub.out_features
@@ -86,6 +96,8 @@ class FlopsProfile:
     head_trained_params: int
     n_layers: int
     attention_width: int  # query heads × head dim (= hidden_size in most models)
+    virtual_tokens: int = 0  # PEFT prompt-learning positions added per sequence
+    virtual_through_layers: bool = True  # prompt/P-tuning: yes; prefix tuning: keys/values only
 
     @classmethod
     def of(
@@ -102,7 +114,11 @@ class FlopsProfile:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         head_ids = {id(m) for m, _, _ in _matmul_weights(head)} if head is not None else set()
         counts = {"frozen": 0, "trained": 0, "head_frozen": 0, "head_trained": 0}
-        for sub, size, trained in _matmul_weights(model):  # modules() yields each module once
+        prompt = getattr(model, "active_peft_config", None)
+        virtual = prompt.num_virtual_tokens if getattr(prompt, "is_prompt_learning", 0) else 0
+        encoder = getattr(model, "prompt_encoder", None) if virtual else None
+        skip = {id(m) for m in encoder.modules()} if encoder is not None else set()
+        for sub, size, trained in _matmul_weights(model, skip):  # each module once
             key = ("head_" if id(sub) in head_ids else "") + ("trained" if trained else "frozen")
             counts[key] += size
         if n_layers is None or attention_width is None:
@@ -128,6 +144,8 @@ class FlopsProfile:
             head_trained_params=counts["head_trained"],
             n_layers=int(n_layers),
             attention_width=int(attention_width),
+            virtual_tokens=int(virtual),
+            virtual_through_layers=getattr(prompt, "peft_type", None) != "PREFIX_TUNING",
         )
 
     @property
@@ -153,9 +171,14 @@ class FlopsProfile:
         )
 
     def attention_flops(self, piece_lengths: Iterable[int]) -> int:
-        """Forward + backward attention-score FLOPs: 12 · layers · width · Σ lenᵢ²."""
-        squares = sum(int(n) * int(n) for n in piece_lengths)
-        return ATTENTION_FLOPS * self.n_layers * self.attention_width * squares
+        """Forward + backward attention-score FLOPs: 12 · layers · width · Σ lenᵢ² (with v
+        virtual tokens: Σ (lenᵢ + v)², or Σ lenᵢ·(lenᵢ + v) for prefix tuning)."""
+        v = self.virtual_tokens
+        if self.virtual_through_layers:
+            pairs = sum((int(n) + v) ** 2 for n in piece_lengths)
+        else:
+            pairs = sum(int(n) * (int(n) + v) for n in piece_lengths)
+        return ATTENTION_FLOPS * self.n_layers * self.attention_width * pairs
 
     def training_flops(
         self, piece_lengths: Iterable[int], lm_head_positions: int | None = None
@@ -169,6 +192,8 @@ class FlopsProfile:
         lengths = [int(n) for n in piece_lengths]
         tokens = sum(lengths)
         head_positions = tokens if lm_head_positions is None else int(lm_head_positions)
+        if self.virtual_through_layers:
+            tokens += self.virtual_tokens * len(lengths)  # virtual tokens cross every layer
         return (
             self.weight_flops_per_token() * tokens
             + self.head_flops_per_position() * head_positions

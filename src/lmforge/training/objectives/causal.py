@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lmforge.models.adapters import is_prompt_learning
 from lmforge.training.objectives.base import Objective, kept, output
+from lmforge.training.objectives.prompt import prompt_learning_loss
 
 # model types whose CausalLM head is exactly ``lm_head(final_hidden_states)``
 _PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gemma", "smollm3"}
@@ -103,6 +105,8 @@ class CausalLMLoss(Objective):
             and type(head) is torch.nn.Linear
             and hf.get_decoder() is not hf
         )
+        # prefix/prompt/p-tuning live in the PEFT forward: their own loss (``objectives.prompt``)
+        self.prompt_learning = is_prompt_learning(model)
 
     def forward(
         self,
@@ -113,6 +117,10 @@ class CausalLMLoss(Objective):
         return_predictions: bool = False,
         **kwargs,
     ) -> tuple:
+        if self.prompt_learning:
+            return prompt_learning_loss(
+                self.model, input_ids, position_ids, targets, return_predictions
+            )
         keep, wanted = kept(targets)
         if self.fused and not return_predictions:
             hf = self.hf
