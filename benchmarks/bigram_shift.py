@@ -2,12 +2,14 @@
 
 SentEval's "BShift" probing task (Conneau et al. 2018), built here from real text nobody on the
 project wrote (all in ``../shared/data``): sentences of WikiText-2's validation split, of
-LLaMA-Factory's ``c4_demo`` web documents, and of the answers in its ``alpaca_en_demo`` and
-``dpo_en_demo`` (chosen) rows. Each sentence of 8-30 words is used once, as
-``original`` or (chosen with probability 1/2, seeded) as ``shifted``: two adjacent alphabetic
-words, not the same word, exchanged. A shifted sentence holds exactly the words of its original,
-so a bag of words cannot tell the classes apart (its accuracy is chance by construction), and
-the output format gives nothing away; only word order does.
+LLaMA-Factory's ``c4_demo`` web documents, and of every text field of its ``alpaca_en_demo``,
+``dpo_en_demo`` and ``glaive_toolcall_en_demo`` rows (instructions, answers, both sides of a
+preference pair, the human and assistant turns of tool conversations). Each distinct
+sentence of 8-30 words is used once, as ``original`` or (chosen with probability 1/2, seeded)
+as ``shifted``: two adjacent alphabetic words, not the same word, exchanged. A shifted
+sentence holds exactly the words of its original, so a bag of words cannot tell the classes
+apart (its accuracy is chance by construction), and the output format gives nothing away;
+only word order does.
 
     python benchmarks/bigram_shift.py runs/bigram_shift     # writes train.jsonl and test.jsonl
 """
@@ -47,22 +49,29 @@ def _c4(path: Path) -> Iterator[str]:
         yield from _split(json.loads(line)["text"])
 
 
-def _answers(path: Path) -> Iterator[str]:
-    """Alpaca ``output`` strings, or the ``chosen`` turn of sharegpt preference rows."""
+def _texts(path: Path) -> Iterator[str]:
+    """Every text field of LLaMA-Factory alpaca rows and sharegpt conversations (human and
+    assistant turns, ``chosen``/``rejected`` answers), split into sentences."""
     for row in json.loads(path.read_text(encoding="utf-8")):
-        answer = row.get("output") or row.get("chosen")
-        text = answer.get("value", "") if isinstance(answer, dict) else answer
-        yield from _split(text or "")
+        fields = [row.get(k) for k in ("instruction", "input", "output", "chosen", "rejected")]
+        turns = row.get("conversations") or []
+        fields += [t for t in turns if t.get("from") in ("human", "gpt")]
+        for field in fields:
+            text = field.get("value") if isinstance(field, dict) else field
+            if isinstance(text, str):
+                yield from _split(text)
 
 
 def sentences() -> list[list[str]]:
     wikitext = shared_file("wikitext-2/valid.txt", "WikiText-2 validation text")
     demo = "LLaMA-Factory's demo datasets"
     c4 = shared_file("llamafactory-demo/c4_demo.jsonl", demo)
-    alpaca = shared_file("llamafactory-demo/alpaca_en_demo.json", demo)
-    dpo = shared_file("llamafactory-demo/dpo_en_demo.json", demo)
+    rows = [
+        shared_file(f"llamafactory-demo/{name}.json", demo)
+        for name in ("alpaca_en_demo", "dpo_en_demo", "glaive_toolcall_en_demo")
+    ]
     out: dict[str, list[str]] = {}  # each distinct sentence once: no train/test twins
-    for text in [*_wikitext(wikitext), *_c4(c4), *_answers(alpaca), *_answers(dpo)]:
+    for text in [*_wikitext(wikitext), *_c4(c4), *(t for path in rows for t in _texts(path))]:
         words = text.split()
         if MIN_WORDS <= len(words) <= MAX_WORDS and words.count("<unk>") <= 1:
             out.setdefault(" ".join(words), words)
@@ -80,18 +89,17 @@ def swap_candidates(words: list[str]) -> list[int]:
 
 
 def build(seed: int = 0) -> list[dict]:
-    """``{"text", "label"}`` rows in a seeded order, labels ``original`` / ``shifted``."""
+    """``{"text", "label"}`` rows in a seeded order, labels ``original`` / ``shifted``. Only
+    sentences that could be shifted take part, in both classes (else "has no two adjacent
+    words to swap" would give an original away)."""
     rng = random.Random(seed)
-    pool = sentences()
+    pool = [words for words in sentences() if swap_candidates(words)]
     rng.shuffle(pool)
     rows = []
     for words in pool:
         shifted = rng.random() < 0.5
         if shifted:
-            spots = swap_candidates(words)
-            if not spots:
-                continue
-            i = rng.choice(spots)
+            i = rng.choice(swap_candidates(words))
             words = [*words[:i], words[i + 1], words[i], *words[i + 2 :]]
         rows.append({"text": " ".join(words), "label": "shifted" if shifted else "original"})
     return rows

@@ -45,19 +45,25 @@ SIDES = {
     "bow-unigram": "TF-IDF of words + logistic regression (scikit-learn)",
     "bow-bigram": "TF-IDF of words and word pairs + logistic regression",
     "lmforge-lora": "lmforge stage cls, LoRA r=16 on query/key/value (the seed's setup)",
-    "lmforge-full": "lmforge stage cls, every weight trained",
-    "lmforge-freeze": "lmforge stage cls, top 2 of 6 layers + classifier trained",
     "hf-lora": "Hugging Face Trainer + PEFT LoRA r=16 on query/key/value, padded batches",
+    "lmforge-freeze": "lmforge stage cls, top 2 of 6 layers + pooler + classifier trained",
+    "lmforge-full": "lmforge stage cls, every weight trained",
 }
 ADAPTERS = {
     "lmforge-lora": [
         "adapter.type=lora",
         "adapter.rank=16",
         "adapter.alpha=32",
+        "adapter.dropout=0.1",
         "adapter.target_modules=[query,key,value]",
     ],
     "lmforge-full": ["adapter.type=full"],
-    "lmforge-freeze": ["adapter.type=freeze", "adapter.train_layers=2"],
+    # the last two encoder layers, the pooler and (always, for a classifier) the new classifier
+    "lmforge-freeze": [
+        "adapter.type=freeze",
+        "adapter.train_layers=2",
+        "adapter.train_modules=[pooler]",
+    ],
 }
 FULL_LR = 5e-5  # full and frozen-layer fine-tuning of a pretrained encoder: BERT's usual lr
 
@@ -170,7 +176,7 @@ def main() -> int:
     parser.add_argument("--sides", type=subset(SIDES), default=list(SIDES))
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3, help="LoRA learning rate")
+    parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate")
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -101,6 +102,7 @@ def train(args) -> dict:
             LoraConfig(
                 r=args.rank,
                 lora_alpha=args.alpha,
+                lora_dropout=args.dropout,
                 target_modules=["query", "key", "value"],
                 task_type="SEQ_CLS",
             ),
@@ -122,13 +124,14 @@ def train(args) -> dict:
         def on_train_end(self, *a, **k):
             Timer.seconds = time.perf_counter() - self.t0
 
+    steps = math.ceil(len(encoded) / args.batch_size) * args.epochs
     targs = TrainingArguments(
         output_dir=str(Path(args.out).parent / "hf-trainer"),
         num_train_epochs=args.epochs,
         per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr,
         lr_scheduler_type="cosine",
-        warmup_ratio=args.warmup_ratio,
+        warmup_steps=int(args.warmup_ratio * steps),  # as lmforge's train.warmup_ratio
         adam_beta1=0.9,
         adam_beta2=0.95,
         weight_decay=0.0,
@@ -158,7 +161,9 @@ def train(args) -> dict:
         "examples_per_s": len(encoded) * args.epochs / Timer.seconds,
         "tokens_per_s": tokens / Timer.seconds,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "final_loss": next(h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h),
+        "final_loss": next(
+            (h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None
+        ),
     }
 
 
@@ -172,6 +177,7 @@ def main() -> None:
     parser.add_argument("--adapter", choices=["lora", "full"], default="lora")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--alpha", type=float, default=32.0)
+    parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
