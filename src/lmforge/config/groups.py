@@ -123,6 +123,11 @@ class DataConfig(Group):
         description="text put before the first user message of each task's rows, "
         "e.g. {summarize: 'Summarize: '}",
     )
+    task_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="sft: loss weight of each task's tokens (2: counted twice, 0: not learned; "
+        "unlisted tasks and 'untagged' rows: 1); validation losses stay unweighted",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -160,6 +165,9 @@ class DataConfig(Group):
                 raise ValueError("data.interleave_probs must be >= 0 and not all 0")
         if self.mix_strategy != "concat" and not self.dataset:
             raise ValueError(f"data.mix_strategy={self.mix_strategy} mixes data.dataset entries")
+        bad = {t: w for t, w in self.task_weights.items() if not 0 <= w < float("inf")}
+        if bad:
+            raise ValueError(f"data.task_weights must be finite and >= 0, not {bad}")
         return self
 
 
@@ -236,6 +244,58 @@ class ClassifyConfig(Group):
         description="none; balanced (n / (classes x count), from the training labels); "
         "or one weight per class",
     )
+
+
+class ContinualConfig(Group):
+    """Continual learning: train a new task on a model that learned a previous one (model.path)
+    without forgetting it, by replaying the previous task's rows and/or EWC (Kirkpatrick et
+    al. 2017). See docs/finetuning.md."""
+
+    previous_data: list[str] = Field(
+        default_factory=list,
+        description="the previous task's training files: EWC's Fisher is estimated on them, "
+        "and replay draws from them unless replay_files is set",
+    )
+    replay_files: list[str] = Field(
+        default_factory=list, description="files whose rows are replayed; empty: previous_data"
+    )
+    replay_ratio: float = Field(
+        0.0,
+        ge=0,
+        description="replayed rows per new-task training row, drawn seeded (0.25: one old row "
+        "for every four new ones; more than the old rows: repeats); 0: no replay",
+    )
+    ewc_lambda: float = Field(
+        0.0,
+        ge=0,
+        description="EWC strength: the loss adds lambda/2 * sum F_i (theta_i - theta*_i)^2 over "
+        "the trainable weights (theta*: their values at the start); 0: no EWC",
+    )
+    fisher_examples: int = Field(
+        256, gt=0, description="previous-task examples (a seeded sample) the Fisher is estimated on"
+    )
+    fisher_batch_size: int = Field(
+        1,
+        gt=0,
+        description="examples per squared gradient; 1: the per-example empirical Fisher "
+        "(larger: faster, and smaller values)",
+    )
+    fisher_file: str | None = Field(
+        None,
+        description="reuse the Fisher of an earlier run (its fisher.safetensors or run directory) "
+        "made for the same starting model; null: estimate it into this run's directory",
+    )
+
+    @model_validator(mode="after")
+    def _something_to_do(self):
+        if self.ewc_lambda > 0 and not (self.previous_data or self.fisher_file):
+            raise ValueError(
+                "continual.ewc_lambda needs continual.previous_data (to estimate the Fisher on) "
+                "or continual.fisher_file"
+            )
+        if self.replay_ratio > 0 and not (self.previous_data or self.replay_files):
+            raise ValueError("continual.replay_ratio needs continual.previous_data or replay_files")
+        return self
 
 
 class TrainConfig(Group):
