@@ -37,24 +37,24 @@ def tasks(demo_data, tmp_path_factory) -> dict[str, Path]:
 
 
 def _cfg(model_dir, tasks, out, *extra) -> TrainRecipe:
-    return load_config(
-        TrainRecipe,
-        None,
-        [
-            "stage=sft",
-            f"model.path={model_dir}",
-            f"data.train=[{tasks['zh_numerals']}]",
-            "data.max_length=64",
-            "train.batch_size=8",
-            "train.max_steps=6",
-            "train.lr=3e-3",
-            "train.warmup_steps=0",
-            "train.log_every=1",
-            f"output_dir={out}",
-            *QUIET,
-            *extra,
-        ],
-    )
+    return load_config(TrainRecipe, None, _args(model_dir, tasks, out, *extra))
+
+
+def _args(model_dir, tasks, out, *extra) -> list[str]:
+    return [
+        "stage=sft",
+        f"model.path={model_dir}",
+        f"data.train=[{tasks['zh_numerals']}]",
+        "data.max_length=64",
+        "train.batch_size=8",
+        "train.max_steps=6",
+        "train.lr=3e-3",
+        "train.warmup_steps=0",
+        "train.log_every=1",
+        f"output_dir={out}",
+        *QUIET,
+        *extra,
+    ]
 
 
 def _manifest(out: Path) -> dict:
@@ -227,3 +227,82 @@ def test_shipped_continual_config_runs(tiny_model_dir, tasks, tmp_path) -> None:
     m = _manifest(tmp_path / "shipped")
     assert m["status"] == "completed" and m["counts"]["replay"]["replayed"] > 0
     assert torch.isfinite(torch.tensor(m["metrics"]["train_loss"]))
+
+
+def test_ewc_and_replay_under_ddp_follow_one_process(
+    tiny_model_dir, tasks, tmp_path, monkeypatch, capsys
+) -> None:
+    """Two processes (gloo) with batch 2 each take the steps of one process with batch 4: the
+    same losses, penalties and gradient norms per step (the penalty's share per micro-batch
+    adds up to the whole penalty over ranks), the same weights. Rank 0 estimates the Fisher,
+    rank 1 reads its file."""
+    from lmforge.cli import main
+
+    extra = [
+        f"continual.previous_data=[{tasks['en_sentiment']}]",
+        "continual.ewc_lambda=1000",
+        "continual.fisher_examples=8",
+        "continual.replay_ratio=0.1",
+        "train.max_steps=4",
+        "data.max_examples=12",
+    ]
+    run(_cfg(tiny_model_dir, tasks, tmp_path / "one", *extra, "train.batch_size=4"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    two = _args(tiny_model_dir, tasks, tmp_path / "ddp", *extra, "train.batch_size=2")
+    assert main(["train", *two, "launcher.nproc=2"]) == 0
+    assert "launching 2 processes" in capsys.readouterr().out
+    one_rows = [
+        json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+    ]
+    two_rows = [
+        json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len(one_rows) == len(two_rows) == 4
+    for a, b in zip(one_rows, two_rows, strict=True):
+        for key in ("loss", "ewc_penalty", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-9), (key, a, b)
+    assert one_rows[-1]["ewc_penalty"] > 0
+    w1 = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], atol=1e-4, rtol=0, msg=name)
+    m = _manifest(tmp_path / "ddp")
+    assert m["counts"]["ewc"]["source"] == "estimated" and m["counts"]["replay"]["replayed"] == 1
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_ewc_run_resumes_to_the_same_weights(tiny_model_dir, tasks, tmp_path) -> None:
+    """θ* is the starting model, not the checkpoint: the resumed run ends where a straight one
+    does, and reuses the Fisher its first attempt saved."""
+    extra = [
+        f"continual.previous_data=[{tasks['en_sentiment']}]",
+        "continual.ewc_lambda=10000",
+        "continual.fisher_examples=8",
+        "continual.replay_ratio=0.2",
+        "train.max_steps=6",
+        "train.save_every=2",
+    ]
+    run(_cfg(tiny_model_dir, tasks, tmp_path / "straight", *extra))
+
+    def kill(done: int) -> None:
+        if done == 3:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run(_cfg(tiny_model_dir, tasks, tmp_path / "resumed", *extra), on_step=kill)
+    run(_cfg(tiny_model_dir, tasks, tmp_path / "resumed", *extra))
+    assert _manifest(tmp_path / "resumed")["counts"]["ewc"]["source"] == (
+        "reused from the run directory"
+    )
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    rows = [
+        json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().split("\n") if x
+    ]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[-1]["ewc_penalty"] > 0
