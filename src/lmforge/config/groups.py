@@ -269,7 +269,8 @@ class ContinualConfig(Group):
         0.0,
         ge=0,
         description="EWC strength: the loss adds lambda/2 * sum F_i (theta_i - theta*_i)^2 over "
-        "the trainable weights (theta*: their values at the start); 0: no EWC",
+        "the trainable weights (theta*: their values at the start); about 1/mean F "
+        "(counts.ewc.stats.mean in the manifest); 0: no EWC",
     )
     fisher_examples: int = Field(
         256, gt=0, description="previous-task examples (a seeded sample) the Fisher is estimated on"

@@ -2,7 +2,7 @@
 
     # model.path learned task A from a.jsonl; now learn B without forgetting A
     lmforge train configs/continual_ewc.yaml model.path=runs/task_a data.train=[b.jsonl] \\
-        continual.previous_data=[a.jsonl] continual.ewc_lambda=1000 continual.replay_ratio=0.1
+        continual.previous_data=[a.jsonl] continual.ewc_lambda=1e10 continual.replay_ratio=0.1
 
 Both read the previous task's files through the stage's own encoder and the tokenised-data
 cache (:func:`previous_data_config` keeps every ``data`` setting of the run, so the previous
