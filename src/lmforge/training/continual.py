@@ -136,7 +136,6 @@ def add_replay(
     new_units: Sequence[Unit],
     rejects: Rejects,
     fingerprints: dict | None = None,
-    progress: bool = False,
 ) -> tuple[Sequence[Unit], dict]:
     """(training units with the replayed ones, ``counts.replay``) for ``cfg`` (a TrainRecipe).
 
