@@ -127,7 +127,8 @@ def load_rows(steps: int) -> tuple[list[dict], list[dict]]:
 
 def prepare(work: Path, train_rows: list[dict], all_rows: list[dict]) -> dict:
     """Tokenizer + starting model in ``work/model``, rows in ``train.jsonl``; FLOPs of the run."""
-    from lmforge.config.groups import AdapterConfig, ModelConfig, TokenizerConfig
+    from lmforge.config.groups import ModelConfig, TokenizerConfig
+    from lmforge.config.training import AdapterConfig
     from lmforge.models.adapters import add_lora
     from lmforge.models.load import build_model, save_pretrained
     from lmforge.tokenizer.templates import check_eos_template

@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from lmforge.artifacts import Run, lineage
 from lmforge.cli import main
-from lmforge.config.groups import AdapterConfig, ModelConfig
+from lmforge.config.groups import ModelConfig
+from lmforge.config.training import AdapterConfig
 from lmforge.models.adapters import add_lora
 from lmforge.models.load import build_model
 

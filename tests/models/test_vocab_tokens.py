@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmforge.config.groups import AdapterConfig, ModelConfig
+from lmforge.config.groups import ModelConfig
+from lmforge.config.training import AdapterConfig
 from lmforge.models.adapters import Task, add_lora
 from lmforge.models.load import build_model, load_tokenizer
 from lmforge.models.vocab import (

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmforge.config.groups import AdapterConfig, GenerationConfig, ModelConfig
+from lmforge.config.groups import GenerationConfig, ModelConfig
+from lmforge.config.training import AdapterConfig
 from lmforge.models.adapters import add_lora
 from lmforge.models.load import build_model
 from lmforge.serve.generate import _decode, encode_prompts, generate

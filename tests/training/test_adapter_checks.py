@@ -12,8 +12,9 @@ import torch
 
 from lmforge.cli import main
 from lmforge.config import load_config
-from lmforge.config.groups import AdapterConfig, ModelConfig
+from lmforge.config.groups import ModelConfig
 from lmforge.config.recipes import TrainRecipe
+from lmforge.config.training import AdapterConfig
 from lmforge.errors import ConfigError, MissingDependency
 from lmforge.models.adapters import (
     apply_adapter,

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from lmforge.config.groups import AdapterConfig
+from lmforge.config.training import AdapterConfig
 from lmforge.models.adapters import add_lora
 from lmforge.models.presets import preset_config
 from lmforge.training.flops import (

@@ -13,7 +13,8 @@ import json
 import pytest
 import torch
 
-from lmforge.config.groups import DataConfig, ModelConfig, TrainConfig
+from lmforge.config.groups import DataConfig, ModelConfig
+from lmforge.config.training import TrainConfig
 from lmforge.data.readers import Record, Rejects
 from lmforge.models.load import build_model
 from lmforge.training import loop

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from lmforge.config.groups import AdapterConfig, ModelConfig
+from lmforge.config.groups import ModelConfig
+from lmforge.config.training import AdapterConfig
 from lmforge.models.adapters import add_lora
 from lmforge.models.load import build_model
 from lmforge.training.lowrank import LowRankLinear, use_fast_lowrank

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from lmforge.config.groups import DataConfig, ModelConfig, TrainConfig
+from lmforge.config.groups import DataConfig, ModelConfig
+from lmforge.config.training import TrainConfig
 from lmforge.data.readers import Rejects
 from lmforge.models.load import build_model
 from lmforge.training.data import load_stage_data

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.config.groups import AdapterConfig, ModelConfig
+from lmforge.config.groups import ModelConfig
+from lmforge.config.training import AdapterConfig
 from lmforge.models.adapters import add_lora
 from lmforge.models.load import build_model
 from lmforge.training.collate import IGNORE, Piece, varlen_batch

@@ -8,22 +8,25 @@ from pydantic import Field, model_validator
 
 from lmforge.config.base import Group, RecipeConfig
 from lmforge.config.groups import (
-    AdapterConfig,
-    ClassifyConfig,
     DataConfig,
     DistributedConfig,
     ExactMatchConfig,
     GenerationConfig,
     LauncherConfig,
     ModelConfig,
-    ObjectiveConfig,
     PerplexityConfig,
     TokenizerConfig,
     TrackConfig,
-    TrainConfig,
 )
 from lmforge.config.prepare import PrepareRecipe
 from lmforge.config.sweep import SweepRecipe
+from lmforge.config.training import (
+    AdapterConfig,
+    ClassifyConfig,
+    ContinualConfig,
+    ObjectiveConfig,
+    TrainConfig,
+)
 from lmforge.config.vocab import VocabExtendRecipe
 
 
@@ -52,6 +55,9 @@ class TrainRecipe(RecipeConfig):
     cls: ClassifyConfig = Field(default_factory=ClassifyConfig, description="stage cls")
     adapter: AdapterConfig = Field(
         default_factory=AdapterConfig, description="what trains: full, freeze, LoRA, QLoRA, ..."
+    )
+    continual: ContinualConfig = Field(
+        default_factory=ContinualConfig, description="replay and EWC against forgetting"
     )
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
     track: TrackConfig = Field(default_factory=TrackConfig, description="logging")
@@ -83,6 +89,13 @@ class TrainRecipe(RecipeConfig):
             )
         if self.stage == "cls" and self.data.format not in ("auto", "text"):
             raise ValueError("stage cls reads labelled rows: leave data.format at auto")
+        if self.data.task_weights and self.stage != "sft":
+            raise ValueError(f"data.task_weights weighs sft examples; stage {self.stage} has none")
+        if self.continual.ewc_lambda > 0 and self.distributed.strategy in ("fsdp", "deepspeed"):
+            raise ValueError(
+                "continual.ewc_lambda needs whole parameters in every process: use "
+                f"distributed.strategy=ddp (or auto), not {self.distributed.strategy}"
+            )
         return self
 
     @model_validator(mode="after")

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import torch
 
-from lmforge.config.groups import PROMPT_LEARNING, AdapterConfig
+from lmforge.config.training import PROMPT_LEARNING, AdapterConfig
 from lmforge.errors import ConfigError
 from lmforge.models.quantize import (
     QuantSpec,

@@ -25,8 +25,8 @@ import torch
 
 from lmforge.artifacts import Run, recorded
 from lmforge.config import to_dict
-from lmforge.config.groups import AdapterConfig
 from lmforge.config.recipes import TrainRecipe
+from lmforge.config.training import AdapterConfig
 from lmforge.data.readers import Rejects, split_selector
 from lmforge.errors import ConfigError
 from lmforge.models.adapters import (
@@ -48,6 +48,7 @@ from lmforge.models.load import (
 )
 from lmforge.models.params import format_report, parameter_report
 from lmforge.tokenizer.templates import apply_template, check_eos_template, fit_model_to_template
+from lmforge.training.continual import add_replay, continual_inputs, with_ewc
 from lmforge.training.data import load_stage_data
 from lmforge.training.datasets import mixing_summary
 from lmforge.training.distributed import Strategy, check_available, launch, setup, torchrun_env
@@ -64,6 +65,7 @@ def _inputs(cfg: TrainRecipe) -> dict:
         inputs["base_model"] = str(resolve_dir(cfg.model.path))
     if cfg.model.tokenizer:
         inputs["tokenizer"] = str(resolve_dir(cfg.model.tokenizer, "tokenizer"))
+    inputs.update(continual_inputs(cfg.continual))  # previous task's data, replay, Fisher
     return inputs
 
 
@@ -116,6 +118,11 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
                     known,
                     cfg.track.progress and main,
                 )
+                if cfg.continual.replay_ratio > 0:  # old-task units among the new (continual)
+                    train.units, replay = add_replay(
+                        plan.encoder, cfg, tokenizer, train.units, rejects, known
+                    )
+                    run.counts["replay"] = replay
         finally:  # also when no row was usable: the error points at this file
             if main:
                 rejects.write(rejects_path)
@@ -216,6 +223,8 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
             strategy=strategy,
             evaluate=task_evaluator(val.counts),  # eval loss per task, when rows have tasks
         )
+        if cfg.continual.ewc_lambda > 0:  # the objective inside EWC (training.continual)
+            opts.objective = with_ewc(cfg, plan, model, tokenizer, run, strategy, opts)
         # force=true recomputes: start over instead of resuming the finished checkpoint
         train_cfg = cfg.train.model_copy(update={"resume": "never"}) if cfg.force else cfg.train
         run.metrics.update(train_loop(model, train.units, val.units, train_cfg, opts))

@@ -19,6 +19,9 @@ carved out of train, and the encoder version. One entry folder::
     train-00000.targets.npy     int32  (tokens,)      next-token targets, -100 where not learned
     train-00000.pieces.npy      int64  (pieces + 1,)  where each piece starts in ``ids``
     train-00000.units.npy       int64  (units + 1,)   where each unit starts in ``pieces``
+    train-00000.weights.npy     float64 (pieces,)     each piece's loss weight; written only
+                                                      when one is not 1 (``data.task_weights``,
+                                                      the shard's ``"weighted": true``)
     validation-00000.*.npy      the same for the validation split
 
 A shard holds whole units and is closed once it has ``data.cache_shard_tokens`` tokens, so
@@ -58,10 +61,14 @@ from lmforge.data.readers import Rejects
 from lmforge.errors import DataError
 from lmforge.training.collate import IGNORE, Piece, Unit
 
-FORMAT_VERSION = 1  # the on-disk layout above; bump when it changes
+# the on-disk layout above; bump when it changes. The optional weights file did not need a bump:
+# entries without it read as weight 1 (what they were written with), and only keys that name
+# data.task_weights (which older code never builds) lead to entries that have it
+FORMAT_VERSION = 1
 META = "meta.json"
 REJECTS = "rejects.jsonl"
 _KINDS = {"ids": np.uint32, "targets": np.int32, "pieces": np.int64, "units": np.int64}
+WEIGHTS = "weights"  # float64 per piece (exactly the encoder's), only in "weighted" shards
 _TYPECODES = {"ids": "I", "targets": "i", "pieces": "q", "units": "q"}
 assert all(array(c).itemsize == np.dtype(_KINDS[k]).itemsize for k, c in _TYPECODES.items())
 
@@ -131,11 +138,13 @@ class ShardWriter:
         self._buf = {kind: array(code) for kind, code in _TYPECODES.items()}
         self._buf["pieces"].append(0)
         self._buf["units"].append(0)
+        self._weights = array("d")
 
     def add(self, piece: Piece, ends_unit: bool) -> None:
         self._buf["ids"].extend(piece.ids)
         self._buf["targets"].extend(piece.targets)
         self._buf["pieces"].append(len(self._buf["ids"]))
+        self._weights.append(piece.weight)
         if ends_unit:
             self._end_unit()
 
@@ -159,15 +168,18 @@ class ShardWriter:
         arrays = {k: np.frombuffer(self._buf[k], dtype=dtype) for k, dtype in _KINDS.items()}
         for kind, values in arrays.items():
             np.save(self.folder / f"{name}.{kind}.npy", values)
-        self.shards.append(
-            {
-                "name": name,
-                "units": n_units,
-                "pieces": len(arrays["pieces"]) - 1,
-                "tokens": len(arrays["ids"]),
-                "target_tokens": int(np.count_nonzero(arrays["targets"] != IGNORE)),
-            }
-        )
+        shard = {
+            "name": name,
+            "units": n_units,
+            "pieces": len(arrays["pieces"]) - 1,
+            "tokens": len(arrays["ids"]),
+            "target_tokens": int(np.count_nonzero(arrays["targets"] != IGNORE)),
+        }
+        weights = np.frombuffer(self._weights, dtype=np.float64)
+        if (weights != 1.0).any():
+            np.save(self.folder / f"{name}.{WEIGHTS}.npy", weights)
+            shard["weighted"] = True
+        self.shards.append(shard)
         self._reset()
 
 
@@ -189,7 +201,10 @@ class TokenizedUnits(Sequence):
     def _open(self) -> None:
         # every shard is mapped now: the mappings stay valid even if the folder is removed later
         self._arrays = [
-            {k: np.load(self.folder / f"{s['name']}.{k}.npy", mmap_mode="r") for k in _KINDS}
+            {
+                k: np.load(self.folder / f"{s['name']}.{k}.npy", mmap_mode="r")
+                for k in (*_KINDS, *((WEIGHTS,) if s.get("weighted") else ()))
+            }
             for s in self.shards
         ]
 
@@ -218,7 +233,12 @@ class TokenizedUnits(Sequence):
         lo, hi = int(bounds[0]), int(bounds[-1])
         ids, targets = a["ids"][lo:hi].tolist(), a["targets"][lo:hi].tolist()
         cuts = (bounds - lo).tolist()
-        return [Piece(ids[x:y], targets[x:y]) for x, y in zip(cuts, cuts[1:], strict=False)]
+        pieces = [Piece(ids[x:y], targets[x:y]) for x, y in zip(cuts, cuts[1:], strict=False)]
+        if WEIGHTS in a:
+            first = int(a["units"][j])
+            for k, w in enumerate(a[WEIGHTS][first : first + len(pieces)].tolist()):
+                pieces[k].weight = w
+        return pieces
 
     def head(self, n: int) -> TokenizedUnits:
         view = copy.copy(self)  # shares the mappings

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.config.groups import TrainConfig
+from lmforge.config.training import TrainConfig
 from lmforge.errors import ConfigError
 
 

@@ -9,6 +9,8 @@ pretraining block (pieces of consecutive documents). A micro-batch becomes tenso
 - ``targets``      ``(rows, L)`` long, ``-100`` on padding and on unlearned tokens
 - ``unit_sizes``   list of ints: how many (non-empty) pieces each unit contributed, in order
   (objectives that compare pieces of a unit, like contrastive pairs, read it)
+- ``weights``      ``(rows, L)`` float32, each position's piece weight (0 on padding); only
+  present when some piece has a weight other than 1 (``data.task_weights``, stage sft)
 
 Two packed layouts keep attention inside each piece:
 
@@ -41,14 +43,17 @@ IGNORE = -100
 class Piece:
     ids: list[int]
     targets: list[int]
+    # each target's loss is multiplied by it and it counts this many times in the normaliser
+    # (``data.task_weights``: the weight of the piece's task)
+    weight: float = 1.0
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @classmethod
-    def from_labels(cls, ids: list[int], labels: list[int]) -> Piece:
+    def from_labels(cls, ids: list[int], labels: list[int], weight: float = 1.0) -> Piece:
         """Shift Hugging Face style labels (``labels[i] == ids[i]`` where learned) into targets."""
-        return cls(list(ids), list(labels[1:]) + [IGNORE])
+        return cls(list(ids), list(labels[1:]) + [IGNORE], weight)
 
 
 Unit = list[Piece]
@@ -62,12 +67,22 @@ def unit_targets(unit: Unit) -> int:
     return sum(sum(1 for t in p.targets if t != IGNORE) for p in unit)
 
 
+def unit_weight(unit: Unit) -> int | float:
+    """The unit's target tokens, each counted with its piece's weight (an int when every
+    weight is 1, so unweighted runs normalise and log exactly as before)."""
+    if all(p.weight == 1.0 for p in unit):
+        return unit_targets(unit)
+    return sum(p.weight * sum(1 for t in p.targets if t != IGNORE) for p in unit)
+
+
 def collate(rows: list[list[Piece]], pad_id: int) -> dict[str, torch.Tensor]:
     """Tensors for rows of pieces; each row is the concatenation of its pieces."""
     length = max(sum(len(p) for p in row) for row in rows)
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), length), dtype=torch.long)
     tgt = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    weighted = any(p.weight != 1.0 for row in rows for p in row)
+    weights = torch.zeros((len(rows), length)) if weighted else None
     for r, row in enumerate(rows):
         start = 0
         for piece in row:
@@ -75,9 +90,14 @@ def collate(rows: list[list[Piece]], pad_id: int) -> dict[str, torch.Tensor]:
             ids[r, start:end] = torch.tensor(piece.ids)
             pos[r, start:end] = torch.arange(len(piece))
             tgt[r, start:end] = torch.tensor(piece.targets)
+            if weights is not None:
+                weights[r, start:end] = piece.weight
             start = end
         pos[r, start:] = torch.arange(length - start)  # padding: a sequence of its own
-    return {"input_ids": ids, "position_ids": pos, "targets": tgt}
+    batch = {"input_ids": ids, "position_ids": pos, "targets": tgt}
+    if weights is not None:
+        batch["weights"] = weights
+    return batch
 
 
 def pack_rows(units: list[Unit], capacity: int) -> list[list[Piece]]:

@@ -43,7 +43,13 @@ from lmforge.training.cache import (
 )
 from lmforge.training.collate import IGNORE, Piece, Unit, unit_targets
 from lmforge.training.encoders import cut_blocks
-from lmforge.training.multitask import count_task, group_by_task, prepare_conversation, task_of
+from lmforge.training.multitask import (
+    UNTAGGED,
+    count_task,
+    group_by_task,
+    prepare_conversation,
+    task_of,
+)
 from lmforge.training.sft import encode_messages_full, segments
 
 # Bump when pt_pieces, sft_pieces, sft.encode_messages_full or the split change their output:
@@ -63,6 +69,7 @@ _NOT_IN_KEY = {
     "cache_dir",
     "cache_shard_tokens",
     "max_examples",
+    "task_weights",  # in the key only when set (see cache_key_parts): old entries stay valid
 }
 
 
@@ -120,16 +127,18 @@ def sft_pieces(
             counts["rejected"] += 1
             continue
         counts["used"] += 1
-        count_task(counts, task_of(record.row, cfg.task_field))
+        task = task_of(record.row, cfg.task_field)
+        count_task(counts, task)
+        weight = cfg.task_weights.get(task or UNTAGGED, 1.0)
         if truncated and whole:  # one unit per window; every label learned once
             counts["segmented"] = counts.get("segmented", 0) + 1
             for window_ids, window_labels in segments(
                 ids, labels, cfg.max_length, cfg.segment_overlap
             ):
-                yield Piece.from_labels(window_ids, window_labels), True
+                yield Piece.from_labels(window_ids, window_labels, weight), True
             continue
         counts["truncated"] += int(truncated)
-        yield Piece.from_labels(ids, labels), True
+        yield Piece.from_labels(ids, labels, weight), True
 
 
 def _is_text_row(row) -> bool:
@@ -285,9 +294,12 @@ def encode_splits(
     for split, source in split_sources(cfg, seed).items():
         counts, sink, before = _new_counts(), sink_for(split), len(rejects)
         rows = tqdm(source(rejects), desc=f"tokenising {split}", unit=" rows", disable=not progress)
+        split_cfg = cfg
         if encoder.kind == "sft" and split == "validation":  # per-task eval slices (multitask)
             rows = group_by_task(rows, cfg.task_field)
-        for piece, ends_unit in encoder.pieces(rows, cfg, tokenizer, rejects, counts):
+            # validation losses stay plain per-token means, comparable across task weights
+            split_cfg = cfg.model_copy(update={"task_weights": {}})
+        for piece, ends_unit in encoder.pieces(rows, split_cfg, tokenizer, rejects, counts):
             sink.add(piece, ends_unit)
         sink.close()
         # rows the reader could not parse (bad JSON, bad UTF-8) are read-and-rejected too
@@ -324,6 +336,8 @@ def cache_key_parts(
     }
     if encoder.settings:  # absent for pt/sft, so their existing cache entries stay valid
         parts["encoding"] = encoder.settings
+    if cfg.task_weights:  # the same: absent unless set
+        parts["task_weights"] = cfg.task_weights
     return parts
 
 

@@ -49,7 +49,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from lmforge.config.groups import DistributedConfig, TrainConfig
+from lmforge.config.groups import DistributedConfig
+from lmforge.config.training import TrainConfig
 from lmforge.errors import ConfigError
 from lmforge.models.load import resolve_device
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.config.groups import TrainConfig
+from lmforge.config.training import TrainConfig
 from lmforge.errors import ConfigError, MissingDependency, RunFailed
 from lmforge.eval.classification import classification_metrics
 from lmforge.training.attention import supports_varlen, varlen_attention
@@ -159,6 +159,8 @@ def token_loss_sum(
         for k, v in batch.get("attention", {}).items()
     }
     extra = {"return_predictions": True} if return_predictions else {}
+    if "weights" in batch:  # data.task_weights (see collate)
+        extra["weights"] = batch["weights"].to(device)
     with ctx:
         return objective(
             batch["input_ids"].to(device),
@@ -181,6 +183,17 @@ class Layout:
 
     def batch(self, units: list[Unit]) -> dict:
         return micro_batch(units, self.pad_id, self.capacity, self.varlen, self.attention_mask)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, spec: Objective, opts: LoopOptions) -> Layout:
+        """The layout the loop uses for ``model`` and its objective ``spec`` under ``opts``."""
+        varlen = opts.varlen and supports_varlen(model) and not spec.padded_rows
+        return cls(
+            opts.pad_id,
+            opts.pack_capacity,
+            varlen,
+            not varlen and (opts.attention_mask or spec.padded_rows),
+        )
 
 
 @torch.no_grad()
@@ -262,13 +275,8 @@ def train_loop(
     model.to(device)
     use_fast_lowrank(model, device)
     spec = opts.objective(model).to(device)  # the unwrapped objective: prepare, weight, flags
-    varlen = opts.varlen and supports_varlen(model) and not spec.padded_rows
-    layout = Layout(
-        opts.pad_id,
-        opts.pack_capacity,
-        varlen,
-        not varlen and (opts.attention_mask or spec.padded_rows),
-    )
+    layout = Layout.of(model, spec, opts)
+    varlen = layout.varlen
     # DDP/FSDP2 wrap the objective; FSDP2 swaps parameters for shards, so the optimizer comes after
     objective, optimizer = strategy.prepare(spec, lambda: build_optimizer(model, cfg))
     # model FLOPs utilisation: useful FLOPs (see ``flops``) against a matmul peak measured now
@@ -348,6 +356,8 @@ def train_loop(
             shares = strategy.share(range(0, len(chosen), cfg.batch_size))
             batches = [layout.batch(chosen[i : i + cfg.batch_size]) for i, _ in shares]
             n_targets = sum(spec.weight(u) for u in chosen)  # the whole step's, on every rank
+            # (a float under data.task_weights, possibly below 1: only an empty step is 1)
+            normaliser = n_targets if n_targets > 0 else 1
             lr = lr_at(step, total, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -357,7 +367,7 @@ def train_loop(
                 with strategy.sync(objective, last=k == len(batches) - 1):
                     loss, _ = token_loss_sum(objective, batch, autocast_dtype)
                     # DDP and FSDP2 average gradients over ranks: x world_size makes it the sum
-                    scaled = loss * (weight * strategy.world_size) / max(1, n_targets)
+                    scaled = loss * (weight * strategy.world_size) / normaliser
                     strategy.backward(scaler.scale(scaled) if scaler else scaled)
                 if weight:
                     step_loss += float(loss.detach())
@@ -391,7 +401,7 @@ def train_loop(
                 row = {
                     "step": done,
                     "epoch": round(done / steps_per_epoch, 4),
-                    "loss": window["loss"] / max(1, window["targets"]),
+                    "loss": window["loss"] / (window["targets"] or 1),
                     "lr": lr,
                     "grad_norm": grad_norm,
                     "tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
@@ -400,6 +410,7 @@ def train_loop(
                     ),
                     "tokens": state["tokens"],
                     "elapsed": round(state["elapsed"], 3),
+                    **spec.log_metrics(),  # the objective's own, e.g. EWC's penalty
                 }
                 log.log(row)
                 result["train_loss"] = row["loss"]

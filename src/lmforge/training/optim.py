@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from lmforge.config.groups import TrainConfig
+from lmforge.config.training import TrainConfig
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lmforge.training.collate import IGNORE, Unit, unit_targets
+from lmforge.training.collate import IGNORE, Unit, unit_weight
 
 
 def hf_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -47,6 +47,8 @@ class Objective(torch.nn.Module):
     perplexity = True
     # the objective calls the model's own forward on padded rows (no varlen, attention mask)
     padded_rows = False
+    # forward takes ``weights`` (per-position loss weights, see ``collate``): data.task_weights
+    supports_weights = False
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -64,9 +66,15 @@ class Objective(torch.nn.Module):
         Evaluation passes ``step = -1 - k`` for its k-th micro-batch."""
         return self.preparer(units, step) if self.preparer is not None else units
 
-    def weight(self, unit: Unit) -> int:
-        """This unit's share of a step's normaliser (default: its target tokens)."""
-        return unit_targets(unit)
+    def weight(self, unit: Unit) -> int | float:
+        """This unit's share of a step's normaliser (default: its target tokens, each counted
+        with its piece's weight)."""
+        return unit_weight(unit)
+
+    def log_metrics(self) -> dict:
+        """Values for the training log (``metrics.jsonl``) since the last logged row; the loop
+        asks at every logged step (EWC: its penalty). Default: none."""
+        return {}
 
 
 def kept(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

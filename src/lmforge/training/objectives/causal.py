@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lmforge.errors import ConfigError
 from lmforge.models.adapters import is_prompt_learning
-from lmforge.training.objectives.base import Objective, kept, output
+from lmforge.training.objectives.base import Objective, kept
 from lmforge.training.objectives.prompt import prompt_learning_loss
 
 # model types whose CausalLM head is exactly ``lm_head(final_hidden_states)``
@@ -34,7 +35,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk):
+    def forward(ctx, hidden, weight, bias, targets, chunk, row_weights=None):
         need_h = hidden.requires_grad
         need_w = weight.requires_grad
         need_b = bias is not None and bias.requires_grad
@@ -48,12 +49,16 @@ class LinearCrossEntropy(torch.autograd.Function):
             t = targets[start : start + chunk]
             logits = F.linear(h, weight, bias).float()
             lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            losses = lse - logits.gather(1, t[:, None]).squeeze(1)
+            w = None if row_weights is None else row_weights[start : start + chunk].float()
+            total += (losses if w is None else losses * w).sum()
             if not grads:
                 continue
             # d(sum of losses)/d logits = softmax - one_hot, computed in place on the logits
             probs = logits.sub_(lse[:, None]).exp_()
             probs[torch.arange(len(t), device=t.device), t] -= 1.0
+            if w is not None:  # a row's loss times w: its gradient times w
+                probs.mul_(w[:, None])
             if need_h:
                 grad_h[start : start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
             if need_w:
@@ -78,22 +83,30 @@ class LinearCrossEntropy(torch.autograd.Function):
             (grad_b * grad_out).to(b_dtype) if need_b else None,
             None,
             None,
+            None,
         )
 
 
-def linear_cross_entropy(hidden, weight, bias, targets, chunk: int | None = None) -> torch.Tensor:
-    """Summed token loss of ``F.linear(hidden, weight, bias)`` without materialising all logits."""
+def linear_cross_entropy(
+    hidden, weight, bias, targets, chunk: int | None = None, row_weights=None
+) -> torch.Tensor:
+    """Summed token loss of ``F.linear(hidden, weight, bias)`` without materialising all logits;
+    with ``row_weights`` ``(rows,)`` each row's loss (and gradient) is multiplied by its weight
+    (the weights get no gradient)."""
     chunk = chunk or max(16, CHUNK_ELEMENTS // weight.shape[0])
-    return LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk)
+    return LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, row_weights)
 
 
 class CausalLMLoss(Objective):
     """``(input_ids, position_ids, targets, **attention kwargs) -> (summed loss, target count)``.
 
     Pretraining and SFT: each target is the next token (already shifted, see ``collate``).
+    With ``weights`` ``(rows, L)`` (``data.task_weights``) each target's loss is multiplied by
+    its weight and the count is the summed weights of the targets (a float).
     """
 
     name = "causal-lm"
+    supports_weights = True
 
     def __init__(self, model: torch.nn.Module, chunk: int | None = None):
         super().__init__(model)
@@ -115,21 +128,29 @@ class CausalLMLoss(Objective):
         targets: torch.Tensor,
         unit_sizes: list[int] | None = None,
         return_predictions: bool = False,
+        weights: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple:
         if self.prompt_learning:
+            if weights is not None:
+                raise ConfigError(
+                    "data.task_weights is not applied by prefix/prompt/p-tuning adapters: "
+                    "remove it or use adapter.type lora"
+                )
             return prompt_learning_loss(
                 self.model, input_ids, position_ids, targets, return_predictions
             )
         keep, wanted = kept(targets)
+        w = None if weights is None else weights[keep].float()
+        count = int(wanted.numel()) if w is None else float(w.sum())
         if self.fused and not return_predictions:
             hf = self.hf
             hidden = hf.get_decoder()(
                 input_ids=input_ids, position_ids=position_ids, use_cache=False, **kwargs
             ).last_hidden_state[keep]
             head = hf.get_output_embeddings()
-            loss = linear_cross_entropy(hidden, head.weight, head.bias, wanted, self.chunk)
-            return loss, int(wanted.numel())
+            loss = linear_cross_entropy(hidden, head.weight, head.bias, wanted, self.chunk, w)
+            return loss, count
         logits = self.model(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -137,6 +158,10 @@ class CausalLMLoss(Objective):
             logits_to_keep=keep,
             **kwargs,
         ).logits.float()
-        return output(
-            F.cross_entropy(logits, wanted, reduction="sum"), logits, wanted, return_predictions
-        )
+        if w is None:
+            loss = F.cross_entropy(logits, wanted, reduction="sum")
+        else:
+            loss = (F.cross_entropy(logits, wanted, reduction="none") * w).sum()
+        if return_predictions:
+            return loss, count, logits.argmax(-1), wanted
+        return loss, count
