@@ -21,7 +21,7 @@ from lmforge.config.training import TrainConfig
 from lmforge.data.readers import Record, Rejects
 from lmforge.errors import ConfigError
 from lmforge.models.load import build_model
-from lmforge.training import loop
+from lmforge.training import forward, loop
 from lmforge.training.continual import estimate_fisher
 from lmforge.training.data import encode_sft
 from lmforge.training.objectives.base import Objective
@@ -105,14 +105,14 @@ def base_model(tokenizer):
 def test_fisher_is_the_mean_squared_gradient_per_example(base_model, units, tokenizer) -> None:
     model = copy.deepcopy(base_model)
     objective = CausalLMLoss(model)
-    layout = loop.Layout(tokenizer.pad_token_id, None, varlen=False, attention_mask=False)
+    layout = forward.Layout(tokenizer.pad_token_id, None, varlen=False, attention_mask=False)
     fisher, stats = estimate_fisher(objective, units[:4], layout, batch_size=1)
     assert stats == {"batches": 4, "examples": 4, "skipped": 0}
     assert all(p.grad is None for p in model.parameters())  # gradients cleared afterwards
     expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for unit in units[:4]:
         model.zero_grad()
-        loss, n = loop.token_loss_sum(objective, layout.batch([unit]), None)
+        loss, n = forward.token_loss_sum(objective, layout.batch([unit]), None)
         (loss / n).backward()
         for name, p in model.named_parameters():
             expected[name] += p.grad.square() / 4
@@ -214,7 +214,7 @@ def test_lora_fisher_is_zero_on_a_at_initialisation(tokenizer, units) -> None:
 
     model = build_model(ModelConfig(preset="tiny-llama", tokenizer="unused"), tokenizer, seed=0)
     model = add_lora(model, AdapterConfig(type="lora", rank=4, alpha=8))
-    layout = loop.Layout(tokenizer.pad_token_id, None, varlen=False, attention_mask=False)
+    layout = forward.Layout(tokenizer.pad_token_id, None, varlen=False, attention_mask=False)
     fisher, _ = estimate_fisher(CausalLMLoss(model), units[:3], layout, batch_size=1)
     assert fisher and all("lora_" in n for n in fisher)
     assert all(float(f.abs().max()) == 0.0 for n, f in fisher.items() if "lora_A" in n)

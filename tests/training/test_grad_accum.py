@@ -17,7 +17,7 @@ from lmforge.config.groups import DataConfig, ModelConfig
 from lmforge.config.training import TrainConfig
 from lmforge.data.readers import Record, Rejects
 from lmforge.models.load import build_model
-from lmforge.training import loop
+from lmforge.training import forward, loop
 from lmforge.training.collate import micro_batch, unit_targets
 from lmforge.training.data import encode_sft
 from lmforge.training.objectives.causal import CausalLMLoss
@@ -95,7 +95,7 @@ def _per_micro_batch_mean_grads(base_model, units, tokenizer) -> dict[str, torch
     model = copy.deepcopy(base_model)
     for start in range(0, 8, 2):
         batch = micro_batch(units[start : start + 2], tokenizer.pad_token_id, CAPACITY)
-        loss, n = loop.token_loss_sum(CausalLMLoss(model), batch, None)
+        loss, n = forward.token_loss_sum(CausalLMLoss(model), batch, None)
         (loss / n / 4).backward()
     return {n: p.grad for n, p in model.named_parameters()}
 

@@ -14,7 +14,8 @@ from lmforge.data.readers import Rejects
 from lmforge.models.load import build_model
 from lmforge.training.data import load_stage_data
 from lmforge.training.datasets import mixing_summary
-from lmforge.training.loop import Layout, LoopOptions, evaluate_loss
+from lmforge.training.forward import Layout, evaluate_loss
+from lmforge.training.loop import LoopOptions
 from lmforge.training.multitask import prepare_conversation, task_evaluator, task_ranges
 from lmforge.training.objectives.causal import CausalLMLoss
 

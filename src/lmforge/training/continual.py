@@ -46,7 +46,7 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.training.attention import varlen_attention
 from lmforge.training.collate import Unit
 from lmforge.training.data import Encoder, cache_key_parts, load_stage_data
-from lmforge.training.loop import Layout, resolve_precision, token_loss_sum
+from lmforge.training.forward import Layout, resolve_precision, token_loss_sum
 from lmforge.training.lowrank import use_fast_lowrank
 from lmforge.training.objectives.base import Objective
 from lmforge.training.objectives.ewc import EWCLoss, trainable_parameters
@@ -173,7 +173,7 @@ def estimate_fisher(
     ``F_i = mean over micro-batches b of (∂ℓ_b/∂θ_i)²`` with ``ℓ_b`` the micro-batch's loss
     normalised as training normalises it (its sum over its count: the mean per target token for
     the language-model losses), over the trainable parameters; ``batch_size=1`` is the
-    per-example empirical Fisher. ``layout`` is the loop's :class:`~lmforge.training.loop.Layout`
+    per-example empirical Fisher. ``layout`` is the loop's :class:`~lmforge.training.forward.Layout`
     (varlen attention must be switched on by the caller when it is used). The model runs in eval
     mode (no dropout). Returns (Fisher by parameter name, float32 on the parameter's device;
     ``{"batches", "examples", "skipped"}``, skipped: micro-batches without targets).

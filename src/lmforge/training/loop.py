@@ -23,8 +23,7 @@ import torch
 
 from lmforge.config.training import TrainConfig
 from lmforge.errors import ConfigError, MissingDependency, RunFailed
-from lmforge.eval.classification import classification_metrics
-from lmforge.training.attention import supports_varlen, varlen_attention
+from lmforge.training.attention import varlen_attention
 from lmforge.training.callbacks import EvalWatch
 from lmforge.training.checkpoint import (
     check_data_position,
@@ -32,30 +31,14 @@ from lmforge.training.checkpoint import (
     restore,
     save_checkpoint,
 )
-from lmforge.training.collate import Unit, micro_batch, unit_tokens
+from lmforge.training.collate import Unit, unit_tokens
 from lmforge.training.distributed import Strategy
 from lmforge.training.flops import FlopsProfile, matmul_peak_gflops, model_flops_utilization
+from lmforge.training.forward import Layout, evaluate_loss, resolve_precision, token_loss_sum
 from lmforge.training.lowrank import use_fast_lowrank
 from lmforge.training.objectives.base import Objective
 from lmforge.training.objectives.causal import CausalLMLoss
 from lmforge.training.optim import build_optimizer, lr_at
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32.
-
-    auto: bf16 on a GPU that supports it; fp32 on CPU, where bf16 matmuls measured ~100x slower
-    than fp32 on a CPU without bf16 units (see ENVIRONMENT.md).
-    """
-    if name == "fp32" or (name == "auto" and device.type != "cuda"):
-        return None
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if name == "fp16" and device.type != "cuda":
-        raise ConfigError(
-            "train.precision=fp16 needs a CUDA GPU; use fp32 (fastest on CPU) or bf16"
-        )
-    return torch.bfloat16 if name == "bf16" else torch.float16
 
 
 @dataclass
@@ -141,120 +124,6 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
         return list(range(n))
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=gen).tolist()
-
-
-def token_loss_sum(
-    objective: torch.nn.Module, batch: dict, autocast_dtype, return_predictions: bool = False
-) -> tuple:
-    """The objective's summed loss over the batch and its count (target tokens for the token
-    losses); with ``return_predictions`` also the predicted and gold class of every target."""
-    device = next(objective.parameters()).device
-    ctx = (
-        torch.autocast(device.type, dtype=autocast_dtype)
-        if autocast_dtype
-        else contextlib.nullcontext()
-    )
-    attention = {
-        k: v.to(device) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.get("attention", {}).items()
-    }
-    extra = {"return_predictions": True} if return_predictions else {}
-    if "weights" in batch:  # data.task_weights (see collate)
-        extra["weights"] = batch["weights"].to(device)
-    with ctx:
-        return objective(
-            batch["input_ids"].to(device),
-            batch["position_ids"].to(device),
-            batch["targets"].to(device),
-            unit_sizes=batch.get("unit_sizes"),
-            **attention,
-            **extra,
-        )
-
-
-@dataclass
-class Layout:
-    """How the loop turns units into micro-batches (see ``collate.micro_batch``)."""
-
-    pad_id: int
-    capacity: int | None
-    varlen: bool
-    attention_mask: bool
-
-    def batch(self, units: list[Unit]) -> dict:
-        return micro_batch(units, self.pad_id, self.capacity, self.varlen, self.attention_mask)
-
-    @classmethod
-    def of(cls, model: torch.nn.Module, spec: Objective, opts: LoopOptions) -> Layout:
-        """The layout the loop uses for ``model`` and its objective ``spec`` under ``opts``."""
-        varlen = opts.varlen and supports_varlen(model) and not spec.padded_rows
-        return cls(
-            opts.pad_id,
-            opts.pack_capacity,
-            varlen,
-            not varlen and (opts.attention_mask or spec.padded_rows),
-        )
-
-
-@torch.no_grad()
-def evaluate_loss(
-    objective: torch.nn.Module,
-    units: list[Unit],
-    cfg: TrainConfig,
-    opts: LoopOptions,
-    autocast_dtype,
-    layout: Layout,
-    spec: Objective | None = None,
-) -> dict:
-    """Mean loss over ``units`` (at most ``eval_batches`` micro-batches per process); under
-    torchrun the micro-batches are shared like a training step's, and the sums reduced.
-
-    ``spec`` is the unwrapped objective (``objective`` may be DDP's wrapper): it prepares the
-    units (fixed draws per micro-batch) and says whether to collect predictions, which add
-    ``eval_accuracy`` and, for classes, per-class precision/recall/F1 and the confusion matrix.
-    """
-    spec = spec or objective
-    was_training = objective.training
-    objective.eval()
-    strategy = opts.strategy
-    total, count = 0.0, 0
-    classes = list(spec.class_names) if spec.class_names else None
-    confusion = torch.zeros((len(classes),) * 2 if classes else (0, 0), dtype=torch.long)
-    correct = 0
-    starts = range(0, len(units), cfg.batch_size)
-    if cfg.eval_batches:
-        starts = starts[: cfg.eval_batches * strategy.world_size]
-    for start, weight in strategy.share(starts):
-        chosen = spec.prepare(list(units[start : start + cfg.batch_size]), -1 - start)
-        out = token_loss_sum(objective, layout.batch(chosen), autocast_dtype, spec.eval_predictions)
-        if weight:  # 0: a padding pass, so that every rank runs as many (see distributed)
-            total += float(out[0])
-            count += out[1]
-            if spec.eval_predictions:
-                pred, gold = out[2].cpu(), out[3].cpu()
-                correct += int((pred == gold).sum())
-                if classes:
-                    confusion += torch.bincount(
-                        gold * len(classes) + pred, minlength=len(classes) ** 2
-                    ).view(len(classes), len(classes))
-    total, count, correct, *cells = strategy.sum_over_ranks(
-        [total, count, correct, *confusion.flatten().tolist()]
-    )
-    objective.train(was_training)
-    mean = total / max(1, count)
-    # what the loss averages over: tokens for the language-model losses, else examples
-    result: dict = {
-        "eval_loss": mean,
-        f"eval_{'tokens' if spec.perplexity else 'examples'}": int(count),
-    }
-    if spec.perplexity:
-        result["eval_ppl"] = math.exp(min(mean, 50.0))
-    if spec.eval_predictions:
-        result["eval_accuracy"] = correct / max(1, count)
-    if classes:
-        matrix = torch.tensor(cells, dtype=torch.long).view(len(classes), len(classes))
-        result.update(classification_metrics(matrix.tolist(), classes, prefix="eval_"))
-    return result
 
 
 def train_loop(

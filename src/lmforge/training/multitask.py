@@ -125,7 +125,7 @@ def task_evaluator(counts: dict) -> Callable | None:
         return None
 
     def evaluate(objective, units, cfg, opts, autocast_dtype, layout, spec=None) -> dict:
-        from lmforge.training.loop import evaluate_loss
+        from lmforge.training.forward import evaluate_loss
 
         if len(units) != max(end for _, end in ranges.values()):
             raise ValueError("validation units do not match the counts their tasks came from")
