@@ -11,17 +11,15 @@ Steps use plain SGD (as in ``test_grad_accum``) so a weight change is the gradie
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 
 from lmforge.config.groups import DataConfig, ModelConfig
-from lmforge.config.training import TrainConfig
 from lmforge.data.readers import Record, Rejects
 from lmforge.errors import ConfigError
 from lmforge.models.load import build_model
-from lmforge.training import forward, loop
+from lmforge.training import forward
 from lmforge.training.continual import estimate_fisher
 from lmforge.training.data import encode_sft
 from lmforge.training.objectives.base import Objective
@@ -125,14 +123,8 @@ def test_fisher_is_the_mean_squared_gradient_per_example(base_model, units, toke
     assert any(not torch.allclose(other[n], fisher[n]) for n in fisher)
 
 
-def _sgd(model, cfg):
-    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-
-
-def _run(base_model, units, tokenizer, tmp_path, monkeypatch, objective, batch_size, grad_accum):
+def _run(base_model, units, tokenizer, tmp_path, sgd_loop, objective, batch_size, grad_accum):
     """(model after two SGD steps over the 8 units, metrics rows, weights after step 1)."""
-    monkeypatch.setattr(loop, "build_optimizer", _sgd)
-    tmp_path.mkdir()
     model = copy.deepcopy(base_model)
     after_first = {}
 
@@ -140,34 +132,22 @@ def _run(base_model, units, tokenizer, tmp_path, monkeypatch, objective, batch_s
         if done == 1:
             after_first.update({n: p.detach().clone() for n, p in model.named_parameters()})
 
-    cfg = TrainConfig(
-        batch_size=batch_size,
-        grad_accum=grad_accum,
+    run = sgd_loop(
+        tmp_path,
+        tokenizer.pad_token_id,
         max_steps=2,
         lr=LR,
-        schedule="constant",
-        warmup_steps=0,
-        max_grad_norm=None,
-        shuffle=False,
-        log_every=1,
-        device="cpu",
-        precision="fp32",
-    )
-    opts = loop.LoopOptions(
-        run_dir=tmp_path,
-        pad_id=tokenizer.pad_token_id,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
         objective=objective,
-        progress=False,
-        tensorboard="off",
         on_step=on_step,
     )
-    loop.train_loop(model, units, [], cfg, opts)
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = run(model, units)
     return model, rows, after_first
 
 
 def test_a_step_minimises_task_loss_plus_penalty(
-    base_model, units, tokenizer, tmp_path, monkeypatch
+    base_model, units, tokenizer, tmp_path, sgd_loop
 ) -> None:
     gen = torch.Generator().manual_seed(3)
     fisher = {n: torch.rand(p.shape, generator=gen) for n, p in base_model.named_parameters()}
@@ -177,9 +157,9 @@ def test_a_step_minimises_task_loss_plus_penalty(
         return EWCLoss(CausalLMLoss(model), fisher, lam)
 
     args = (base_model, units, tokenizer)
-    plain, plain_rows, first = _run(*args, tmp_path / "plain", monkeypatch, CausalLMLoss, 4, 1)
-    held, rows, held_first = _run(*args, tmp_path / "ewc", monkeypatch, ewc, 4, 1)
-    accum, accum_rows, _ = _run(*args, tmp_path / "accum", monkeypatch, ewc, 2, 2)
+    plain, plain_rows, first = _run(*args, tmp_path / "plain", sgd_loop, CausalLMLoss, 4, 1)
+    held, rows, held_first = _run(*args, tmp_path / "ewc", sgd_loop, ewc, 4, 1)
+    accum, accum_rows, _ = _run(*args, tmp_path / "accum", sgd_loop, ewc, 2, 2)
 
     # step 1 starts at θ*: no penalty, the same step as without EWC
     assert rows[0]["ewc_penalty"] == 0.0 and rows[0]["loss"] == plain_rows[0]["loss"]

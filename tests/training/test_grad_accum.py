@@ -8,16 +8,14 @@ optimizer is swapped for plain SGD (lr 1) so the weight change of one step is th
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 
 from lmforge.config.groups import DataConfig, ModelConfig
-from lmforge.config.training import TrainConfig
 from lmforge.data.readers import Record, Rejects
 from lmforge.models.load import build_model
-from lmforge.training import forward, loop
+from lmforge.training import forward
 from lmforge.training.collate import micro_batch, unit_targets
 from lmforge.training.data import encode_sft
 from lmforge.training.objectives.causal import CausalLMLoss
@@ -54,39 +52,21 @@ def base_model(tokenizer):
     return build_model(ModelConfig(preset="tiny-llama", tokenizer="unused"), tokenizer, seed=0)
 
 
-def _sgd(model, cfg):
-    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-
-
-def _one_step(base_model, units, tokenizer, tmp_path, monkeypatch, batch_size, grad_accum):
+def _one_step(base_model, units, tokenizer, tmp_path, sgd_loop, batch_size, grad_accum):
     """(weight change of one loop step, logged loss)."""
-    monkeypatch.setattr(loop, "build_optimizer", _sgd)
-    tmp_path.mkdir()
-    model = copy.deepcopy(base_model)
-    cfg = TrainConfig(
-        batch_size=batch_size,
-        grad_accum=grad_accum,
+    run = sgd_loop(
+        tmp_path,
+        tokenizer.pad_token_id,
         max_steps=1,
         lr=1.0,
-        schedule="constant",
-        warmup_steps=0,
-        max_grad_norm=None,
-        shuffle=False,
-        log_every=1,
-        device="cpu",
-        precision="fp32",
-    )
-    opts = loop.LoopOptions(
-        run_dir=tmp_path,
-        pad_id=tokenizer.pad_token_id,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
         pack_capacity=CAPACITY,
-        progress=False,
-        tensorboard="off",
     )
-    loop.train_loop(model, units, [], cfg, opts)
+    model = copy.deepcopy(base_model)
+    (row,) = run(model, units)
     before = dict(base_model.named_parameters())
     delta = {n: (before[n] - p).detach() for n, p in model.named_parameters()}
-    (row,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return delta, row["loss"]
 
 
@@ -100,9 +80,9 @@ def _per_micro_batch_mean_grads(base_model, units, tokenizer) -> dict[str, torch
     return {n: p.grad for n, p in model.named_parameters()}
 
 
-def test_accumulation_matches_large_batch(base_model, units, tokenizer, tmp_path, monkeypatch):
-    big, big_loss = _one_step(base_model, units, tokenizer, tmp_path / "b8", monkeypatch, 8, 1)
-    acc, acc_loss = _one_step(base_model, units, tokenizer, tmp_path / "b2x4", monkeypatch, 2, 4)
+def test_accumulation_matches_large_batch(base_model, units, tokenizer, tmp_path, sgd_loop):
+    big, big_loss = _one_step(base_model, units, tokenizer, tmp_path / "b8", sgd_loop, 8, 1)
+    acc, acc_loss = _one_step(base_model, units, tokenizer, tmp_path / "b2x4", sgd_loop, 2, 4)
 
     assert acc_loss == pytest.approx(big_loss, rel=1e-5)
     total_norm = torch.sqrt(sum(d.square().sum() for d in big.values()))

@@ -17,11 +17,9 @@ import torch.nn.functional as F
 from lmforge.config import load_config
 from lmforge.config.groups import DataConfig, ModelConfig
 from lmforge.config.recipes import TrainRecipe
-from lmforge.config.training import TrainConfig
 from lmforge.data.readers import Record, Rejects
 from lmforge.errors import ConfigError
 from lmforge.models.load import build_model
-from lmforge.training import loop
 from lmforge.training.cache import ShardWriter, TokenizedUnits
 from lmforge.training.collate import IGNORE, Piece, unit_targets, varlen_batch
 from lmforge.training.data import cache_key_parts, encode_sft, load_stage_data
@@ -52,35 +50,20 @@ def base_model(tokenizer):
     return build_model(ModelConfig(preset="tiny-llama", tokenizer="unused"), tokenizer, seed=0)
 
 
-def _sgd(model, cfg):
-    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-
-
-def _step(base_model, units, tokenizer, tmp_path, monkeypatch, batch_size=None, grad_accum=1):
+def _step(base_model, units, tokenizer, tmp_path, sgd_loop, batch_size=None, grad_accum=1):
     """(weight change of one loop step over all ``units``, logged loss)."""
-    monkeypatch.setattr(loop, "build_optimizer", _sgd)
-    tmp_path.mkdir()
-    model = copy.deepcopy(base_model)
-    cfg = TrainConfig(
-        batch_size=batch_size or len(units),
-        grad_accum=grad_accum,
+    run = sgd_loop(
+        tmp_path,
+        tokenizer.pad_token_id,
         max_steps=1,
         lr=1.0,
-        schedule="constant",
-        warmup_steps=0,
-        max_grad_norm=None,
-        shuffle=False,
-        log_every=1,
-        device="cpu",
-        precision="fp32",
+        batch_size=batch_size or len(units),
+        grad_accum=grad_accum,
     )
-    opts = loop.LoopOptions(
-        run_dir=tmp_path, pad_id=tokenizer.pad_token_id, progress=False, tensorboard="off"
-    )
-    loop.train_loop(model, units, [], cfg, opts)
+    model = copy.deepcopy(base_model)
+    (row,) = run(model, units)
     before = dict(base_model.named_parameters())
     delta = {n: (before[n] - p).detach() for n, p in model.named_parameters()}
-    (row,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return delta, row["loss"]
 
 
@@ -105,10 +88,10 @@ def test_pieces_carry_their_task_weight(tokenizer) -> None:
     assert "weights" not in varlen_batch(_units(tokenizer))  # unweighted: the batch as before
 
 
-def test_weights_of_one_are_no_weights_exactly(base_model, tokenizer, tmp_path, monkeypatch):
-    plain, plain_loss = _step(base_model, _units(tokenizer), tokenizer, tmp_path / "a", monkeypatch)
+def test_weights_of_one_are_no_weights_exactly(base_model, tokenizer, tmp_path, sgd_loop):
+    plain, plain_loss = _step(base_model, _units(tokenizer), tokenizer, tmp_path / "a", sgd_loop)
     ones = _units(tokenizer, sentiment=1.0, numbers=1.0)
-    same, same_loss = _step(base_model, ones, tokenizer, tmp_path / "b", monkeypatch)
+    same, same_loss = _step(base_model, ones, tokenizer, tmp_path / "b", sgd_loop)
     assert same_loss == plain_loss
     _assert_same(plain, same, exact=True)
     # an explicit weights tensor of ones goes through the weighted code and changes nothing
@@ -122,28 +105,28 @@ def test_weights_of_one_are_no_weights_exactly(base_model, tokenizer, tmp_path, 
     assert torch.equal(loss, weighted) and wn == n
 
 
-def test_a_task_of_weight_zero_is_not_learned(base_model, tokenizer, tmp_path, monkeypatch):
+def test_a_task_of_weight_zero_is_not_learned(base_model, tokenizer, tmp_path, sgd_loop):
     muted = _units(tokenizer, numbers=0.0)
     only = _units(tokenizer, rows=[r for r in ROWS if r[0] == "sentiment"])
-    a, a_loss = _step(base_model, muted, tokenizer, tmp_path / "muted", monkeypatch)
-    b, b_loss = _step(base_model, only, tokenizer, tmp_path / "only", monkeypatch)
+    a, a_loss = _step(base_model, muted, tokenizer, tmp_path / "muted", sgd_loop)
+    b, b_loss = _step(base_model, only, tokenizer, tmp_path / "only", sgd_loop)
     assert a_loss == pytest.approx(b_loss, rel=1e-6)
     _assert_same(a, b)
 
 
-def test_weight_two_equals_duplicated_examples(base_model, tokenizer, tmp_path, monkeypatch):
+def test_weight_two_equals_duplicated_examples(base_model, tokenizer, tmp_path, sgd_loop):
     doubled = _units(tokenizer, numbers=2.0)
     twice = _units(tokenizer, rows=ROWS + [r for r in ROWS if r[0] == "numbers"])
-    a, a_loss = _step(base_model, doubled, tokenizer, tmp_path / "w2", monkeypatch)
-    b, b_loss = _step(base_model, twice, tokenizer, tmp_path / "dup", monkeypatch)
+    a, a_loss = _step(base_model, doubled, tokenizer, tmp_path / "w2", sgd_loop)
+    b, b_loss = _step(base_model, twice, tokenizer, tmp_path / "dup", sgd_loop)
     assert a_loss == pytest.approx(b_loss, rel=1e-6)
     _assert_same(a, b)
     # and the normaliser is the step's summed weights, however the step is split
-    c, c_loss = _step(base_model, doubled, tokenizer, tmp_path / "acc", monkeypatch, 1, 4)
+    c, c_loss = _step(base_model, doubled, tokenizer, tmp_path / "acc", sgd_loop, 1, 4)
     assert c_loss == pytest.approx(a_loss, rel=1e-6)
     _assert_same(a, c)
     # sensitivity: the unweighted step differs
-    plain, _ = _step(base_model, _units(tokenizer), tokenizer, tmp_path / "plain", monkeypatch)
+    plain, _ = _step(base_model, _units(tokenizer), tokenizer, tmp_path / "plain", sgd_loop)
     diff = torch.sqrt(sum((plain[n] - a[n]).square().sum() for n in a))
     assert diff > 0.05 * torch.sqrt(sum(d.square().sum() for d in a.values()))
 
