@@ -41,6 +41,8 @@ def test_the_expected_configs_ship() -> None:
         "sft_qlora.yaml",
         "sft_prompt.yaml",
         "sft_freeze.yaml",
+        "dpo_lora.yaml",
+        "reward_model.yaml",
     } <= names
 
 
@@ -135,3 +137,24 @@ def test_training_configs_run(one_thread, tokenizer_dir, demo_data, tmp_path, ca
     for name in ("sft_lora", "sft_qlora", "sft_prompt"):
         assert (sft_runs[name] / "model" / "adapter_config.json").is_file()
     assert (sft_runs["sft_freeze"] / "model" / "model.safetensors").is_file()
+    # alignment on top of the LoRA SFT run (its adapter is merged first), one step each
+    from lmforge.data.synthetic_pairs import make_pairs, write_pairs
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl", make_pairs(4, seed=0))
+    for name, stage in (("dpo_lora", "dpo"), ("reward_model", "rm")):
+        out = tmp_path / name
+        code = main(
+            [
+                "train",
+                str(CONFIGS / f"{name}.yaml"),
+                f"model.path={sft_runs['sft_lora']}",
+                f"data.train=[{pairs}]",
+                f"data.validation=[{pairs}]",
+                f"output_dir={out}",
+                *quick,
+            ]
+        )
+        assert code == 0, capsys.readouterr().err
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["stage"] == stage and manifest["status"] == "completed"
+        assert (out / "start" / "model.safetensors").is_file()  # the SFT adapter, merged

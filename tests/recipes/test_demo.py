@@ -22,6 +22,7 @@ def test_small_demo_runs_and_traces_back_to_data(tmp_path, capsys):
             "vocab_size=500",
             "pt_steps=12",
             "sft_steps=6",
+            "dpo_steps=4",
             "progress=false",
         ]
     )
@@ -32,8 +33,20 @@ def test_small_demo_runs_and_traces_back_to_data(tmp_path, capsys):
     figures = report["figures"]
     # pretraining must lower held-out perplexity from the random-init model's
     assert figures["perplexity_pretrained"] < figures["perplexity_random_init"]
-    for key in ("accuracy_before_sft", "accuracy_after_sft_merged"):
+    for key in (
+        "accuracy_before_sft",
+        "accuracy_after_sft_merged",
+        "accuracy_after_dpo",
+        "dpo_pair_accuracy_before",
+        "dpo_pair_accuracy_after",
+    ):
         assert 0.0 <= figures[key] <= 1.0
+    assert "then DPO" in report["text"]
+
+    # the aligned model traces back through the DPO run, the pairs and SFT to the raw data
+    dpo_nodes = lineage(out / "dpo" / "model")
+    dpo_stages = {n["stage"] for n in dpo_nodes if n["kind"] == "run"}
+    assert {"dpo", "pairs", "sft", "pt", "prepare", "data"} <= dpo_stages, dpo_stages
 
     nodes = lineage(out / "merged" / "model")
     stages = {n["stage"] for n in nodes if n["kind"] == "run"}

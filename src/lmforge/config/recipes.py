@@ -25,6 +25,7 @@ from lmforge.config.training import (
     ClassifyConfig,
     ContinualConfig,
     ObjectiveConfig,
+    PreferenceConfig,
     TrainConfig,
 )
 from lmforge.config.vocab import VocabExtendRecipe
@@ -42,10 +43,11 @@ class TokenizerRecipe(RecipeConfig):
 
 
 class TrainRecipe(RecipeConfig):
-    stage: Literal["pt", "sft", "cls"] = Field(
+    stage: Literal["pt", "sft", "cls", "rm", "dpo", "kto"] = Field(
         "sft",
         description="pt: pretrain on text (objective.type); sft: instructions; "
-        "cls: sequence or token classification",
+        "cls: sequence or token classification; rm: reward model on chosen/rejected pairs; "
+        "dpo: preference optimisation (preference.loss); kto: answers labelled good or bad",
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="what is trained")
     data: DataConfig = Field(default_factory=DataConfig, description="training data")
@@ -53,6 +55,9 @@ class TrainRecipe(RecipeConfig):
         default_factory=ObjectiveConfig, description="what stage pt learns"
     )
     cls: ClassifyConfig = Field(default_factory=ClassifyConfig, description="stage cls")
+    preference: PreferenceConfig = Field(
+        default_factory=PreferenceConfig, description="stages rm, dpo and kto"
+    )
     adapter: AdapterConfig = Field(
         default_factory=AdapterConfig, description="what trains: full, freeze, LoRA, QLoRA, ..."
     )
@@ -86,6 +91,11 @@ class TrainRecipe(RecipeConfig):
         if self.stage != "pt" and self.objective.type not in ("auto", "clm"):
             raise ValueError(
                 f"objective.type={self.objective.type} belongs to stage pt, not {self.stage}"
+            )
+        if self.stage in ("rm", "dpo", "kto") and self.data.format == "text":
+            raise ValueError(
+                f"stage {self.stage} needs preference rows (prompt and chosen/rejected, or "
+                "a labelled completion for kto): leave data.format at auto"
             )
         if self.stage == "cls" and self.data.format not in ("auto", "text"):
             raise ValueError("stage cls reads labelled rows: leave data.format at auto")
@@ -152,6 +162,7 @@ class DemoRecipe(RecipeConfig):
     vocab_size: int = Field(2000, ge=300, description="tokenizer vocabulary")
     pt_steps: int = Field(800, gt=0, description="pretraining optimizer steps")
     sft_steps: int = Field(500, gt=0, description="LoRA fine-tuning optimizer steps")
+    dpo_steps: int = Field(150, gt=0, description="DPO optimizer steps after fine-tuning")
     preset: str = Field("tiny-llama", description="model preset")
     seed: int = Field(0, description="seed for data, weights and sampling")
     progress: bool = Field(True, description="progress bars while training")

@@ -218,6 +218,33 @@ class ClassifyConfig(Group):
     )
 
 
+class PreferenceConfig(Group):
+    """Stages ``rm``, ``dpo`` and ``kto``: learning from preferences (docs/alignment.md)."""
+
+    loss: Literal["sigmoid", "robust", "hinge", "ipo", "simpo", "orpo"] = Field(
+        "sigmoid",
+        description="dpo: sigmoid (DPO), robust (rDPO), hinge (SLiC), ipo; simpo and orpo "
+        "need no reference model",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="dpo: strength of the implicit KL to the reference (SimPO: ~2)"
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="dpo sigmoid/robust/simpo: assumed share of flipped pairs"
+    )
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin gamma")
+    orpo_lambda: float = Field(
+        0.1, gt=0, description="orpo: weight of the odds-ratio term beside the chosen NLL"
+    )
+    margin_field: str | None = Field(
+        None, description="rm: row key holding how much better chosen is (loss margin)"
+    )
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable answers")
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="kto: weight of undesirable answers (raise it when they are rare)"
+    )
+
+
 class EarlyStoppingConfig(Group):
     """Stop when an evaluation metric stops improving (needs validation data, train.eval_every)."""
 
@@ -331,6 +358,9 @@ class TrainConfig(Group):
         False, description="recompute activations in the backward pass: less memory, more compute"
     )
     eval_every: int | None = Field(None, gt=0, description="validate every N steps; null: at end")
+    eval_on_start: bool = Field(
+        False, description="also validate before the first step (logged as step 0: a baseline)"
+    )
     eval_batches: int | None = Field(None, gt=0, description="cap on validation micro-batches")
     save_every: int | None = Field(None, gt=0, description="checkpoint every N steps; null: end")
     keep_last: int = Field(2, gt=0, description="checkpoints kept on disk")

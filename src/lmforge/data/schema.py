@@ -155,7 +155,7 @@ def tools_of(row: Any) -> list[dict] | None:
     return out
 
 
-def _check_messages(messages: Any) -> list[dict]:
+def check_messages(messages: Any) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise RowError("'messages' must be a non-empty list")
     out = []
@@ -205,7 +205,7 @@ def to_messages(row: Any, fmt: str = "auto") -> list[dict]:
     if fmt == "alpaca":
         messages = alpaca_to_messages(row)
     elif fmt == "messages":
-        messages = _check_messages(row.get("messages"))
+        messages = check_messages(row.get("messages"))
     elif fmt == "sharegpt":
         turns = row.get("conversations")
         if not isinstance(turns, list):
@@ -217,7 +217,7 @@ def to_messages(row: Any, fmt: str = "auto") -> list[dict]:
             converted.append({"role": _SHAREGPT_ROLES[t["from"]], "content": t.get("value")})
         if isinstance(row.get("system"), str) and row["system"].strip():
             converted.insert(0, {"role": "system", "content": row["system"]})
-        messages = _check_messages(converted)
+        messages = check_messages(converted)
     else:
         raise RowError(f"format '{fmt}' is not a conversation format")
     if not any(m["role"] == "assistant" for m in messages):

@@ -8,7 +8,10 @@
 2. train a byte-level BPE tokenizer; 3. pretrain a tiny Llama-style model from random weights;
 4. fine-tune it with LoRA on the instruction tasks; 5. evaluate before and after (perplexity
    on held-out corpus text, exact-match accuracy on the test tasks);
-6. merge the adapter into a plain Hugging Face model and evaluate that; 7. print a report.
+6. merge the adapter into a plain Hugging Face model and evaluate that;
+7. align the fine-tuned model with DPO on preference pairs built from the training tasks (the
+   correct answer chosen, a wrong one rejected; ``lmforge.data.synthetic_pairs``), starting from
+   the SFT adapter, and evaluate again; 8. print a report.
 
 Each step is an ordinary recipe run with its own manifest, so ``lmforge lineage
 demo-run/merged/model`` walks from the served model back to the generated data files.
@@ -32,7 +35,9 @@ from lmforge.config.recipes import (
     TrainRecipe,
 )
 from lmforge.data.noise import add_noise, write_noisy_jsonl
+from lmforge.data.readers import Rejects, iter_records
 from lmforge.data.synthetic import write_demo_data
+from lmforge.data.synthetic_pairs import to_pairs, write_pairs
 from lmforge.models.load import build_model, load_tokenizer, save_pretrained
 from lmforge.recipes import evaluate, export, prepare, tokenizer, train
 
@@ -133,10 +138,10 @@ def run(cfg: DemoRecipe) -> Run:
     started = time.time()
     demo = Run.start("demo", to_dict(cfg), out)
     with recorded(demo):
-        print("lmforge demo: 1/7 generating raw data and curating it (lmforge prepare)")
+        print("lmforge demo: 1/8 generating raw data and curating it (lmforge prepare)")
         files = prepare_data(out / "data", cfg)
 
-        print("lmforge demo: 2/7 training a tokenizer")
+        print("lmforge demo: 2/8 training a tokenizer")
         tok_run = tokenizer.run(
             load_config(
                 TokenizerRecipe,
@@ -150,7 +155,7 @@ def run(cfg: DemoRecipe) -> Run:
         )
         tok_dir = tok_run.dir / "tokenizer"
 
-        print("lmforge demo: 3/7 pretraining a tiny Llama-style model from random weights")
+        print("lmforge demo: 3/8 pretraining a tiny Llama-style model from random weights")
         pt = train.run(
             load_config(
                 TrainRecipe,
@@ -175,7 +180,7 @@ def run(cfg: DemoRecipe) -> Run:
             )
         )
 
-        print("lmforge demo: 4/7 evaluating the random-init and pretrained models")
+        print("lmforge demo: 4/8 evaluating the random-init and pretrained models")
         tok = load_tokenizer(tok_dir)  # the pretraining run's starting point (same seed)
         initial = save_pretrained(
             build_model(ModelConfig(preset=cfg.preset), tok, seed=cfg.seed),
@@ -185,7 +190,7 @@ def run(cfg: DemoRecipe) -> Run:
         before_pt = _evaluate("random-init", out, [f"model.path={initial}"], files)
         before = _evaluate("pretrained", out, [f"model.path={pt.dir}"], files)
 
-        print("lmforge demo: 5/7 fine-tuning with LoRA on the instruction tasks")
+        print("lmforge demo: 5/8 fine-tuning with LoRA on the instruction tasks")
         sft = train.run(
             load_config(
                 TrainRecipe,
@@ -212,7 +217,7 @@ def run(cfg: DemoRecipe) -> Run:
             )
         )
 
-        print("lmforge demo: 6/7 merging the adapter and evaluating the merged model")
+        print("lmforge demo: 6/8 merging the adapter and evaluating the merged model")
         merged = export.merge(
             load_config(
                 ExportMergeRecipe, None, [f"adapter={sft.dir}", f"output_dir={out / 'merged'}"]
@@ -220,15 +225,74 @@ def run(cfg: DemoRecipe) -> Run:
         )
         after = _evaluate("merged", out, [f"model.path={merged.dir}"], files)
 
+        print("lmforge demo: 7/8 aligning with DPO on preference pairs (correct answer chosen)")
+        dpo = align(out, files, sft, cfg)
+        aligned = _evaluate("dpo", out, [f"model.path={dpo.dir}"], files)
+
         report = build_report(
-            out, files, tok_run, pt, sft, merged, before_pt, before, after, time.time() - started
+            out,
+            files,
+            tok_run,
+            pt,
+            sft,
+            merged,
+            (before_pt, before, after),
+            (dpo, aligned),
+            time.time() - started,
         )
         demo.metrics.update(report["figures"])
         demo.add_output(atomic_write_json(out / "report.json", report), "report")
         demo.add_output(atomic_write_text(out / "report.md", report["text"]), "report_text")
-    print("lmforge demo: 7/7 report\n")
+    print("lmforge demo: 8/8 report\n")
     print(report["text"])
     return demo
+
+
+def preference_pairs(out: Path, files: dict[str, Path], seed: int) -> dict[str, Path]:
+    """Pairs from the curated train and validation tasks (a run of its own, for lineage)."""
+    run = Run.start("pairs", {"seed": seed}, out)
+    paths = {}
+    with recorded(run):
+        for split in ("train", "val"):
+            source = files[f"tasks_{split}"]
+            rows = [r.row for r in iter_records([source], Rejects())]
+            paths[split] = write_pairs(out / f"{split}.jsonl", to_pairs(rows, seed))
+            run.add_input(source, f"tasks_{split}")
+            run.add_output(paths[split], f"pairs_{split}")
+    return paths
+
+
+def align(out: Path, files: dict[str, Path], sft: Run, cfg: DemoRecipe) -> Run:
+    """DPO (sigmoid loss) with a new LoRA adapter on the SFT adapter merged into its base; the
+    held-out pairs are evaluated before the first step too (their margin under the SFT model)."""
+    pairs = preference_pairs(out / "data" / "pairs", files, cfg.seed)
+    return train.run(
+        load_config(
+            TrainRecipe,
+            None,
+            [
+                "stage=dpo",
+                f"model.path={sft.dir / 'model'}",
+                "adapter.type=lora",
+                "adapter.rank=16",
+                "adapter.alpha=32",
+                f"data.train=[{pairs['train']}]",
+                f"data.validation=[{pairs['val']}]",
+                "data.max_length=128",
+                "preference.beta=0.1",
+                "train.batch_size=16",
+                f"train.max_steps={cfg.dpo_steps}",
+                "train.lr=1e-3",
+                "train.warmup_steps=10",
+                f"train.seed={cfg.seed}",
+                "train.log_every=25",
+                "train.eval_on_start=true",
+                f"train.eval_every={max(1, cfg.dpo_steps // 2)}",
+                f"output_dir={out / 'dpo'}",
+                f"track.progress={cfg.progress}",
+            ],
+        )
+    )
 
 
 def curation_table(data_dir: Path) -> str:
@@ -252,7 +316,11 @@ def curation_table(data_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def build_report(out, files, tok_run, pt, sft, merged, before_pt, before, after, seconds) -> dict:
+def build_report(out, files, tok_run, pt, sft, merged, evals, alignment, seconds) -> dict:
+    before_pt, before, after = evals
+    dpo, aligned = alignment
+    start = dpo.metrics  # start_eval_*: the held-out pairs under the SFT model (step 0)
+
     def ppl(m):
         return m["perplexity"]["token_perplexity"]
 
@@ -267,12 +335,27 @@ def build_report(out, files, tok_run, pt, sft, merged, before_pt, before, after,
         "accuracy_before_sft": acc(before),
         "accuracy_after_sft_merged": acc(after),
         "accuracy_by_task_after": after["exact_match"].get("by_task", {}),
+        "accuracy_after_dpo": acc(aligned),
+        "accuracy_by_task_after_dpo": aligned["exact_match"].get("by_task", {}),
+        "dpo_pair_accuracy_before": start["start_eval_logp_accuracy"],
+        "dpo_pair_accuracy_after": dpo.metrics["eval_logp_accuracy"],
+        "dpo_logp_margin_before": start["start_eval_logp_margin"],
+        "dpo_logp_margin_after": dpo.metrics["eval_logp_margin"],
         "seconds": round(seconds, 1),
     }
     before_tasks = before["exact_match"].get("by_task", {})
+    dpo_tasks = figures["accuracy_by_task_after_dpo"]
     by_task = "\n".join(
-        f"| {task} | {before_tasks.get(task, 0.0):.2f} | {after_acc:.2f} |"
+        f"| {task} | {before_tasks.get(task, 0.0):.2f} | {after_acc:.2f} | "
+        f"{dpo_tasks.get(task, 0.0):.2f} |"
         for task, after_acc in sorted(figures["accuracy_by_task_after"].items())
+    )
+    f = figures
+    dpo_rows = (
+        f"| pairs where the chosen answer is more likely | {f['dpo_pair_accuracy_before']:.3f} "
+        f"| {f['dpo_pair_accuracy_after']:.3f} |\n"
+        f"| log p(chosen) - log p(rejected), mean | {f['dpo_logp_margin_before']:.2f} "
+        f"| {f['dpo_logp_margin_after']:.2f} |"
     )
     text = f"""# lmforge demo report
 
@@ -283,16 +366,24 @@ Finished in {seconds / 60:.1f} minutes on CPU.
 | random init | {ppl(before_pt):.1f} | {acc(before_pt):.3f} |
 | pretrained (before fine-tuning) | {ppl(before):.2f} | {acc(before):.3f} |
 | LoRA fine-tuned, merged | {ppl(after):.2f} | {acc(after):.3f} |
+| then DPO (LoRA on the merge) | {ppl(aligned):.2f} | {acc(aligned):.3f} |
 
 Perplexity is on held-out corpus text. It rises after fine-tuning: the LoRA update that teaches
 the question/answer format also moves the model away from plain corpus text (forgetting, which
 replay of pretraining data reduces).
 
-Exact match per task (before -> after fine-tuning):
+Exact match per task (pretrained -> fine-tuned -> aligned):
 
-| task | before | after |
-| --- | --- | --- |
+| task | before | after SFT | after DPO |
+| --- | --- | --- | --- |
 {by_task}
+
+DPO on held-out preference pairs (the correct answer chosen, a wrong one of the same task
+rejected), before its first step (the SFT model) and after {dpo.config["train"]["max_steps"]} steps:
+
+| | before | after |
+| --- | --- | --- |
+{dpo_rows}
 
 {curation_table(out / "data")}
 
@@ -302,6 +393,7 @@ Artifacts:
 - pretrained:  {pt.dir / "model"}
 - LoRA adapter: {sft.dir / "model"}
 - merged model: {merged.dir / "model"}  (plain Hugging Face folder)
+- DPO adapter: {dpo.dir / "model"} (on {dpo.dir / "start"}, the SFT adapter merged)
 - evaluations: {out}/eval-*/ (metrics.json, items.jsonl)
 
 Trace the merged model back to the generated data: lmforge lineage {merged.dir / "model"}

@@ -42,6 +42,7 @@ from lmforge.models.load import (
     LABELS_FILE,
     MODEL_SUBDIR,
     build_model,
+    is_adapter_dir,
     load_tokenizer,
     resolve_dir,
     save_pretrained,
@@ -97,6 +98,7 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
             print(f"lmforge: reusing finished {cfg.stage} run {run.dir}")
         return run
     with recorded(run) if main else contextlib.nullcontext(run):  # the manifest: rank 0's
+        cfg = start_from_adapter(cfg, run.dir, strategy)
         adapter_notes = check_config(cfg.adapter, cfg.stage, cfg.train.packing)  # before data
         tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
         # data.template: the tokenizer gets it (and its tokens, its EOS); saved with the model
@@ -240,6 +242,31 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
     return run
 
 
+START_SUBDIR = "start"  # a run that starts from an adapter: the adapter merged into its base
+
+
+def start_from_adapter(cfg: TrainRecipe, run_dir: Path, strategy: Strategy) -> TrainRecipe:
+    """``cfg`` itself, or, when ``model.path`` is a PEFT adapter (an SFT LoRA run before DPO or
+    a reward model), ``cfg`` with ``model.path`` at that adapter merged into its base, saved in
+    ``run_dir/start``: the stage starts from exactly what the adapter computed, a new adapter
+    sits on the merged weights (so that switching it off gives the starting policy, the DPO
+    reference), and the saved adapter records that folder as its base."""
+    if not cfg.model.path or not is_adapter_dir(resolve_dir(cfg.model.path)):
+        return cfg
+    folder = resolve_dir(cfg.model.path)
+    merged = run_dir / START_SUBDIR
+    if strategy.is_main:
+        from lmforge.export.merge import merge_adapter
+
+        model, tokenizer = merge_adapter(folder)
+        save_pretrained(model, tokenizer, merged)
+        print(
+            f"lmforge: model.path is an adapter: starting from it merged into its base ({merged})"
+        )
+    strategy.barrier()
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(merged)})})
+
+
 # Keys that change logging, checkpointing or placement but not the weights a run produces.
 # distributed/launcher only decide which process computes which micro-batch of a step: every
 # strategy computes the same gradient of the same global batch, up to float summation order.
@@ -248,6 +275,7 @@ _NOT_TRAJECTORY_DATA = {"cache", "cache_dir", "cache_shard_tokens"}  # same unit
 _NOT_TRAJECTORY_TRAIN = {
     "log_every",
     "eval_every",
+    "eval_on_start",
     "eval_batches",
     "save_every",
     "keep_last",

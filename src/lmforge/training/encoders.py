@@ -222,3 +222,109 @@ def _words_and_tags(row: Any, fields: LabelFields) -> tuple[list[str], list[int]
     if len(words) != len(names):
         raise RowError(f"{len(words)} tokens but {len(names)} tags")
     return words, [fields.index(n) for n in names]
+
+
+# ------------------------------------------------------------------------------ preference pairs
+@dataclass
+class PairSettings:
+    reward: bool = False  # stage rm: one target, at the pooled position, instead of the answer
+    pool: str = "last"  # where a reward model reads a sequence (see objectives.heads)
+    margin_field: str | None = None  # rm: the row key holding how much better chosen is
+
+
+def preference_pieces(
+    records: Iterable[Record], cfg, tokenizer, rejects: Rejects, counts: dict, pair: PairSettings
+) -> Pieces:
+    """One ``[chosen, rejected]`` unit per preference row (``data.preference``): each piece is
+    the prompt rendered with the chat template followed by one answer, encoded as SFT encodes
+    it (``sft.encode_messages_full``), so the targets are the answer's tokens through its EOS.
+    Earlier assistant turns of the prompt are context, not learned.
+
+    For a reward model the only target of a piece is its pooled position (value 1 for the
+    chosen answer, 0 for the rejected one: the class the pair accuracy checks), and both pieces
+    carry the row's margin as their ``weight``. A row whose answer does not fit in
+    ``max_length`` after its prompt is rejected (there would be nothing to compare)."""
+    from lmforge.data.preference import to_preference
+    from lmforge.training.multitask import finish_conversation
+
+    def parse(row):
+        pref = to_preference(row, pair.margin_field)
+        finish_conversation(pref.prompt, row, cfg)
+        encoded = [
+            _answer_piece(tokenizer, pref.prompt, getattr(pref, key), pref.tools, cfg, key)
+            for key in ("chosen", "rejected")
+        ]
+        return pref.margin, encoded
+
+    for margin, encoded in accepted(records, rejects, counts, parse):
+        counts["used"] += 1
+        counts["truncated"] += int(any(cut for _, cut in encoded))
+        for i, (piece, _) in enumerate(encoded):
+            if pair.reward:
+                targets = [IGNORE] * len(piece)
+                targets[0 if pair.pool == "first" else len(piece) - 1] = 1 - i
+                piece = Piece(piece.ids, targets, margin if pair.margin_field else 1.0)
+            yield piece, i == 1
+
+
+def _answer_piece(tokenizer, prompt, answer, tools, cfg, what: str) -> tuple[Piece, bool]:
+    """(the prompt and ``answer`` as one piece learning the answer, truncated); earlier
+    assistant turns of the prompt are context, not learned."""
+    from lmforge.training.sft import encode_messages_full
+
+    context = [{**m, "loss": False} if m["role"] == "assistant" else m for m in prompt]
+    ids, labels, cut = encode_messages_full(tokenizer, [*context, answer], cfg.max_length, tools)
+    piece = Piece.from_labels(ids, labels)
+    if all(t == IGNORE for t in piece.targets):
+        raise RowError(
+            f"the {what} does not fit in data.max_length={cfg.max_length} after its prompt"
+        )
+    return piece, cut
+
+
+DESIRABLE, UNDESIRABLE = 1.0, -1.0  # a KTO unit's first piece carries its label as weight
+
+
+def kto_pieces(records: Iterable[Record], cfg, tokenizer, rejects: Rejects, counts: dict) -> Pieces:
+    """One ``[answer, mismatched answer]`` unit per KTO row (``data.preference.to_unpaired``).
+
+    The first piece is the prompt with its own answer (weight +1 when the answer is desirable,
+    -1 when not); the second is the same prompt with the *next* row's answer (the last row
+    takes the first row's), the mismatched pair from which KTO estimates the KL term, as TRL's
+    ``KTOTrainer`` does by shifting the completions of a batch."""
+    from lmforge.data.preference import to_unpaired
+    from lmforge.training.multitask import finish_conversation
+
+    def parse(row):
+        example = to_unpaired(row)
+        finish_conversation(example.prompt, row, cfg)
+        own = _answer_piece(
+            tokenizer, example.prompt, example.completion, example.tools, cfg, "answer"
+        )
+        return example, own
+
+    first = previous = None
+    for example, (piece, cut) in accepted(records, rejects, counts, parse):
+        counts["used"] += 1
+        counts["truncated"] += int(cut)
+        current = (example, piece)
+        if previous is not None:
+            yield from _kto_unit(previous, example, tokenizer, cfg)
+        else:
+            first = current
+        previous = current
+    if previous is not None:
+        yield from _kto_unit(previous, first[0], tokenizer, cfg)
+
+
+def _kto_unit(own, other, tokenizer, cfg) -> Pieces:
+    example, piece = own
+    weight = DESIRABLE if example.desirable else UNDESIRABLE
+    yield Piece(piece.ids, piece.targets, weight), False
+    try:
+        mismatched, _ = _answer_piece(
+            tokenizer, example.prompt, other.completion, example.tools, cfg, "answer"
+        )
+    except RowError:  # the other answer does not fit after this prompt: its own answer, then
+        mismatched = piece
+    yield mismatched, True

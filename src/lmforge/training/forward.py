@@ -122,12 +122,17 @@ def evaluate_loss(
     classes = list(spec.class_names) if spec.class_names else None
     confusion = torch.zeros((len(classes),) * 2 if classes else (0, 0), dtype=torch.long)
     correct = 0
+    spec.eval_sums()  # start from nothing (an earlier evaluation may have stopped early)
+    extra: dict = {}  # the objective's own (sum, count) statistics (see Objective.eval_sums)
     starts = range(0, len(units), cfg.batch_size)
     if cfg.eval_batches:
         starts = starts[: cfg.eval_batches * strategy.world_size]
     for start, weight in strategy.share(starts):
         chosen = spec.prepare(list(units[start : start + cfg.batch_size]), -1 - start)
         out = token_loss_sum(objective, layout.batch(chosen), autocast_dtype, spec.eval_predictions)
+        for key, (value, n) in spec.eval_sums().items():  # all ranks run as many passes
+            total_n = extra.get(key, (0.0, 0))
+            extra[key] = (total_n[0] + value, total_n[1] + n) if weight else total_n
         if weight:  # 0: a padding pass, so that every rank runs as many (see distributed)
             total += float(out[0])
             count += out[1]
@@ -138,9 +143,12 @@ def evaluate_loss(
                     confusion += torch.bincount(
                         gold * len(classes) + pred, minlength=len(classes) ** 2
                     ).view(len(classes), len(classes))
-    total, count, correct, *cells = strategy.sum_over_ranks(
-        [total, count, correct, *confusion.flatten().tolist()]
+    names = sorted(extra)  # the same on every rank (see above)
+    total, count, correct, *rest = strategy.sum_over_ranks(
+        [total, count, correct, *(x for k in names for x in extra[k])]
+        + confusion.flatten().tolist()
     )
+    sums, cells = rest[: 2 * len(names)], rest[2 * len(names) :]
     objective.train(was_training)
     mean = total / max(1, count)
     # what the loss averages over: tokens for the language-model losses, else examples
@@ -152,6 +160,9 @@ def evaluate_loss(
         result["eval_ppl"] = math.exp(min(mean, 50.0))
     if spec.eval_predictions:
         result["eval_accuracy"] = correct / max(1, count)
+    for i, key in enumerate(names):
+        if sums[2 * i + 1]:
+            result[f"eval_{key}"] = sums[2 * i] / sums[2 * i + 1]
     if classes:
         matrix = torch.tensor(cells, dtype=torch.long).view(len(classes), len(classes))
         result.update(classification_metrics(matrix.tolist(), classes, prefix="eval_"))

@@ -207,6 +207,11 @@ def train_loop(
     if varlen:
         switched.enter_context(varlen_attention(model, device))
     try:
+        if val_units and cfg.eval_on_start and start_step == 0:  # a baseline, not a candidate
+            evaluate = opts.evaluate or evaluate_loss
+            evals = evaluate(objective, val_units, cfg, opts, autocast_dtype, layout, spec)
+            log.log({"step": 0, **evals})
+            result.update({f"start_{k}": v for k, v in evals.items()})
         for step in range(start_step, total):
             if watch.stopped:  # resumed from the checkpoint where it stopped early
                 break

@@ -53,8 +53,12 @@ def fill_placeholders(text: str, values: dict[str, str]) -> str:
 
 def prepare_conversation(row: Any, cfg: DataConfig) -> tuple[list[dict], list[dict] | None]:
     """(messages, tools) of one row, ready to encode; raises RowError with the reason."""
-    messages = to_messages(row, cfg.format)
-    tools = tools_of(row)
+    return finish_conversation(to_messages(row, cfg.format), row, cfg), tools_of(row)
+
+
+def finish_conversation(messages: list[dict], row: Any, cfg: DataConfig) -> list[dict]:
+    """``messages`` (in place) with ``data.default_system``, the task prefix of the row's task
+    and ``data.placeholders`` applied; raises RowError on an unfilled identity placeholder."""
     if cfg.default_system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": cfg.default_system})
     prefix = cfg.task_prefix.get(task_of(row, cfg.task_field) or "")
@@ -64,7 +68,7 @@ def prepare_conversation(row: Any, cfg: DataConfig) -> tuple[list[dict], list[di
             first["content"] = prefix + first["content"]
     for message in messages:
         message["content"] = fill_placeholders(message["content"], cfg.placeholders)
-    return messages, tools
+    return messages
 
 
 def count_task(counts: dict, task: str | None) -> None:

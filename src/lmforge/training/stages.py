@@ -16,6 +16,9 @@ One loop trains every stage; a stage differs by what this module picks for it::
 | sft | causal LM | conversations | assistant tokens |
 | cls, sequence | sequence classifier | one text | its class |
 | cls, token | token classifier | words | one tag per word |
+| rm | scalar score (1 class) | [chosen, rejected] | Bradley-Terry on the two scores |
+| dpo | causal LM | [chosen, rejected] | preference.loss on answer log-probs |
+| kto | causal LM | [answer, another row's answer] | KTO (the second piece: the KL estimate) |
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ from lmforge.training.data import Encoder, as_encoder
 from lmforge.training.encoders import (
     LabelFields,
     PairFields,
+    PairSettings,
     contrastive_pieces,
+    kto_pieces,
     masked_lm_pieces,
+    preference_pieces,
     row_labels,
     sequence_label_pieces,
     sorted_labels,
@@ -54,6 +60,7 @@ from lmforge.training.objectives.heads import (
 )
 from lmforge.training.objectives.masked import Masker
 
+REWARD_LABEL = "reward"
 _ENCODERS = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert"}
 
 
@@ -89,6 +96,10 @@ def plan_stage(cfg, tokenizer) -> StagePlan:
         )
     if cfg.stage == "cls":
         return _classification(cfg)
+    if cfg.stage in ("rm", "dpo"):
+        return _preference(cfg)
+    if cfg.stage == "kto":
+        return _kto(cfg)
     kind = pt_objective(cfg.objective.type, model_type(cfg.model))
     if kind == "clm":
         return StagePlan(
@@ -173,6 +184,64 @@ def _contrastive(cfg) -> StagePlan:
     return StagePlan(
         "pt/contrastive", "base", "FEATURE_EXTRACTION", encoder, make, batch_size_matters=True
     )
+
+
+def _preference(cfg) -> StagePlan:
+    """rm: a one-class score head on each answer; dpo: the causal LM's answer log-probs. Both
+    see a pair as one unit of two pieces in one packed forward (padded rows without varlen)."""
+    from lmforge.training.objectives.preference import DPOLoss, RewardLoss
+
+    p = cfg.preference
+    reward = cfg.stage == "rm"
+    pair = PairSettings(
+        reward=reward,
+        pool=pooled_position(model_type(cfg.model)),
+        margin_field=p.margin_field if reward else None,
+    )
+    settings = {"reward": reward, "pool": pair.pool, "margin_field": pair.margin_field}
+    encoder = Encoder(
+        f"preference-{cfg.stage}", partial(preference_pieces, pair=pair), settings=settings
+    )
+    if reward:
+        return StagePlan(
+            "rm",
+            "sequence-classification",
+            "SEQ_CLS",
+            encoder,
+            partial(RewardLoss, margins=bool(p.margin_field)),
+            # one "class": the scalar reward (saved beside an adapter, so that it reloads)
+            model_config=label_config([REWARD_LABEL]),
+            labels=[REWARD_LABEL],
+            chat=True,
+        )
+    if p.margin_field:
+        raise ConfigError("preference.margin_field is read by stage rm, not dpo")
+
+    def make(model: torch.nn.Module) -> Objective:
+        return DPOLoss(
+            model,
+            loss=p.loss,
+            beta=p.beta,
+            label_smoothing=p.label_smoothing,
+            simpo_gamma=p.simpo_gamma,
+            orpo_lambda=p.orpo_lambda,
+        )
+
+    return StagePlan(f"dpo/{p.loss}", "causal-lm", "CAUSAL_LM", encoder, make, chat=True)
+
+
+def _kto(cfg) -> StagePlan:
+    from lmforge.training.objectives.preference import KTOLoss
+
+    p = cfg.preference
+    if p.margin_field:
+        raise ConfigError("preference.margin_field is read by stage rm, not kto")
+    encoder = Encoder("kto", kto_pieces)
+
+    def make(model: torch.nn.Module) -> Objective:
+        return KTOLoss(model, p.beta, p.desirable_weight, p.undesirable_weight)
+
+    return StagePlan("kto", "causal-lm", "CAUSAL_LM", encoder, make, chat=True)
 
 
 def _has_dropout(model: torch.nn.Module) -> bool:

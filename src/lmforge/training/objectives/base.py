@@ -71,6 +71,12 @@ class Objective(torch.nn.Module):
         with its piece's weight)."""
         return unit_weight(unit)
 
+    def eval_sums(self) -> dict[str, tuple[float, int]]:
+        """``{name: (sum, count)}`` of the objective's own statistics over the evaluation
+        forwards since the last call; an evaluation reports ``eval_<name>`` = sum / count over
+        every process. Default: none (the preference objectives report their rewards)."""
+        return {}
+
     def log_metrics(self) -> dict:
         """Values for the training log (``metrics.jsonl``) since the last logged row; the loop
         asks at every logged step (EWC: its penalty). Default: none."""

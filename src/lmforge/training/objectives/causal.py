@@ -97,6 +97,17 @@ def linear_cross_entropy(
     return LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, row_weights)
 
 
+def plain_head(hf: torch.nn.Module) -> bool:
+    """Whether ``hf``'s logits are exactly ``lm_head(decoder(...).last_hidden_state)`` with a
+    plain linear ``lm_head`` (no soft-capping or scaling, no LoRA on it): the fused paths."""
+    head = hf.get_output_embeddings()
+    return (
+        getattr(hf.config, "model_type", None) in _PLAIN_HEAD
+        and type(head) is torch.nn.Linear
+        and hf.get_decoder() is not hf
+    )
+
+
 class CausalLMLoss(Objective):
     """``(input_ids, position_ids, targets, **attention kwargs) -> (summed loss, target count)``.
 
@@ -111,13 +122,7 @@ class CausalLMLoss(Objective):
     def __init__(self, model: torch.nn.Module, chunk: int | None = None):
         super().__init__(model)
         self.chunk = chunk
-        hf = self.hf
-        head = hf.get_output_embeddings()
-        self.fused = (
-            getattr(hf.config, "model_type", None) in _PLAIN_HEAD
-            and type(head) is torch.nn.Linear
-            and hf.get_decoder() is not hf
-        )
+        self.fused = plain_head(self.hf)
         # prefix/prompt/p-tuning live in the PEFT forward: their own loss (``objectives.prompt``)
         self.prompt_learning = is_prompt_learning(model)
 
