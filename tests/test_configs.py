@@ -43,6 +43,7 @@ def test_the_expected_configs_ship() -> None:
         "sft_freeze.yaml",
         "dpo_lora.yaml",
         "reward_model.yaml",
+        "grpo.yaml",
     } <= names
 
 
@@ -141,7 +142,7 @@ def test_training_configs_run(one_thread, tokenizer_dir, demo_data, tmp_path, ca
     from lmforge.data.synthetic_pairs import make_pairs, write_pairs
 
     pairs = write_pairs(tmp_path / "pairs.jsonl", make_pairs(4, seed=0))
-    for name, stage in (("dpo_lora", "dpo"), ("reward_model", "rm")):
+    for name, stage in (("dpo_lora", "dpo"), ("reward_model", "rm"), ("grpo", "grpo")):
         out = tmp_path / name
         code = main(
             [

@@ -335,3 +335,56 @@ def test_kto_learns_from_answers_labelled_good_or_bad(tokenizer_dir, pairs, tmp_
     assert all(r["kl"] >= 0 for r in rows)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["train_units"] == 16
+
+
+@pytest.fixture(scope="module")
+def sft_full(tokenizer_dir, pairs, tmp_path_factory) -> Path:
+    """Full SFT long enough to answer in the task's format (even/odd, 奇数/偶数) and stop, but
+    not to be right every time (120 steps reach ~93%: nothing left for RL)."""
+    out = tmp_path_factory.mktemp("sft-full")
+    _train(
+        [
+            "stage=sft",
+            "model.preset=tiny-llama",
+            *_common(tokenizer_dir, pairs, out),
+            "train.max_steps=80",
+            "train.lr=3e-3",
+        ]
+    )
+    return out
+
+
+def test_grpo_raises_the_exact_match_reward(sft_full, pairs, tmp_path) -> None:
+    """From an early SFT model (the right format, right ~60% of the time), GRPO with an
+    exact-match reward on sampled answers: the reward of the last steps beats the first steps',
+    the held-out exact match (sampled answers, eval_on_start as the baseline) rises, and the KL
+    to the reference (the SFT model) stays small."""
+    out = tmp_path / "grpo"
+    _train(
+        [
+            "stage=grpo",
+            f"model.path={sft_full}",
+            f"data.train=[{pairs['train']}]",
+            f"data.validation=[{pairs['val']}]",
+            "data.max_length=64",
+            "adapter.type=full",
+            "rl.group_size=4",
+            "rl.max_new_tokens=6",
+            "rl.beta=0.04",
+            "train.batch_size=8",
+            "train.max_steps=40",
+            "train.lr=1e-3",
+            "train.warmup_steps=0",
+            "train.log_every=5",
+            "train.eval_on_start=true",
+            f"output_dir={out}",
+        ]
+    )
+    rows = _metrics(out)
+    train = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval_loss" in r]
+    early = sum(r["reward"] for r in train[:2]) / 2
+    late = sum(r["reward"] for r in train[-2:]) / 2
+    assert late > early + 0.1, [r["reward"] for r in train]
+    assert evals[-1]["eval_exact_match"] > evals[0]["eval_exact_match"], evals
+    assert max(r["kl"] for r in train) < 0.5, [r["kl"] for r in train]

@@ -26,6 +26,7 @@ from lmforge.config.training import (
     ContinualConfig,
     ObjectiveConfig,
     PreferenceConfig,
+    RLConfig,
     TrainConfig,
 )
 from lmforge.config.vocab import VocabExtendRecipe
@@ -43,11 +44,12 @@ class TokenizerRecipe(RecipeConfig):
 
 
 class TrainRecipe(RecipeConfig):
-    stage: Literal["pt", "sft", "cls", "rm", "dpo", "kto"] = Field(
+    stage: Literal["pt", "sft", "cls", "rm", "dpo", "kto", "grpo"] = Field(
         "sft",
         description="pt: pretrain on text (objective.type); sft: instructions; "
         "cls: sequence or token classification; rm: reward model on chosen/rejected pairs; "
-        "dpo: preference optimisation (preference.loss); kto: answers labelled good or bad",
+        "dpo: preference optimisation (preference.loss); kto: answers labelled good or bad; "
+        "grpo: sampled answers scored by rewards (rl)",
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="what is trained")
     data: DataConfig = Field(default_factory=DataConfig, description="training data")
@@ -58,6 +60,7 @@ class TrainRecipe(RecipeConfig):
     preference: PreferenceConfig = Field(
         default_factory=PreferenceConfig, description="stages rm, dpo and kto"
     )
+    rl: RLConfig = Field(default_factory=RLConfig, description="stage grpo: rollouts and rewards")
     adapter: AdapterConfig = Field(
         default_factory=AdapterConfig, description="what trains: full, freeze, LoRA, QLoRA, ..."
     )
@@ -92,7 +95,7 @@ class TrainRecipe(RecipeConfig):
             raise ValueError(
                 f"objective.type={self.objective.type} belongs to stage pt, not {self.stage}"
             )
-        if self.stage in ("rm", "dpo", "kto") and self.data.format == "text":
+        if self.stage in ("rm", "dpo", "kto", "grpo") and self.data.format == "text":
             raise ValueError(
                 f"stage {self.stage} needs preference rows (prompt and chosen/rejected, or "
                 "a labelled completion for kto): leave data.format at auto"

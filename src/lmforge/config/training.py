@@ -245,6 +245,54 @@ class PreferenceConfig(Group):
     )
 
 
+class RewardSpec(Group):
+    """One programmatic reward term (see ``lmforge.rl.rewards``)."""
+
+    type: Literal["exact_match", "regex", "length"] = Field(
+        "exact_match",
+        description="exact_match: 1 when the answer equals the row's reference; regex: 1 when "
+        "pattern matches; length: -|tokens - target_tokens| / target_tokens",
+    )
+    weight: float = Field(1.0, description="this term's weight in the summed reward")
+    pattern: str | None = Field(None, description="regex: the pattern (re.search)")
+    target_tokens: int | None = Field(None, gt=0, description="length: the wanted answer length")
+
+    @model_validator(mode="after")
+    def _needs_its_setting(self):
+        if self.type == "regex":
+            if not self.pattern:
+                raise ValueError("a regex reward needs pattern")
+            import re
+
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a valid regex: {exc}") from None
+        if self.type == "length" and not self.target_tokens:
+            raise ValueError("a length reward needs target_tokens")
+        return self
+
+
+class RLConfig(Group):
+    """Stage ``grpo``: answers sampled from the policy, scored by programmatic rewards."""
+
+    group_size: int = Field(4, ge=2, description="answers sampled per prompt (one group)")
+    max_new_tokens: int = Field(16, gt=0, description="tokens per sampled answer at most")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the rollouts")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass of the rollouts")
+    beta: float = Field(
+        0.04, ge=0, description="weight of the KL penalty to the reference (0: no reference)"
+    )
+    clip_epsilon: float = Field(0.2, gt=0, lt=1, description="PPO-style ratio clipping")
+    scale_rewards: bool = Field(
+        True, description="divide each group's advantages by its reward std (GRPO); false: Dr. GRPO"
+    )
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec()],
+        description="summed reward terms, e.g. [{type: exact_match}, {type: regex, pattern: ...}]",
+    )
+
+
 class EarlyStoppingConfig(Group):
     """Stop when an evaluation metric stops improving (needs validation data, train.eval_every)."""
 

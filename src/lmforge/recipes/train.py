@@ -1,9 +1,11 @@
-"""``lmforge train CONFIG``: pretrain (``stage: pt``), fine-tune (``stage: sft``) or train a
-classifier (``stage: cls``) with any ``adapter.type`` (full, freeze, lora, qlora, ia3, prefix,
-prompt, p-tuning: ``models.adapters``). What each stage trains is in ``training.stages``.
+"""``lmforge train CONFIG``: pretrain (``stage: pt``), fine-tune (``stage: sft``), train a
+classifier (``stage: cls``), a reward model (``stage: rm``) or align with preferences (``stage:
+dpo``, ``kto``) with any ``adapter.type`` (full, freeze, lora, qlora, ia3, prefix, prompt,
+p-tuning: ``models.adapters``). What each stage trains is in ``training.stages``.
 
     lmforge train configs/sft_lora.yaml model.path=runs/pt train.max_steps=200
     lmforge train configs/cls_minilm_lora.yaml              # MiniLM + LoRA text classifier
+    lmforge train configs/dpo_lora.yaml model.path=runs/sft_lora   # DPO on the SFT adapter
     # CPU is the default; on a GPU the same command uses it (train.device=auto)
     lmforge train configs/sft_lora.yaml launcher.nproc=2   # 2 processes (see training.distributed)
     torchrun --standalone --nproc_per_node 2 -m lmforge.cli train configs/sft_lora.yaml  # same

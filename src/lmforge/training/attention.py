@@ -112,3 +112,19 @@ def varlen_attention(model: torch.nn.Module, device: torch.device) -> Iterator[N
         yield
     finally:
         hf.set_attn_implementation(before)
+
+
+@contextlib.contextmanager
+def generation_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Inside a training loop that switched to varlen attention (which needs packed rows and no
+    KV cache), generate with transformers' SDPA for the duration (rollouts), then switch back."""
+    hf = _hf_model(model)
+    current = getattr(hf.config, "_attn_implementation", None)
+    if current != NAME:
+        yield
+        return
+    hf.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        hf.set_attn_implementation(current)

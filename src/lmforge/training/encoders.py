@@ -328,3 +328,36 @@ def _kto_unit(own, other, tokenizer, cfg) -> Pieces:
     except RowError:  # the other answer does not fit after this prompt: its own answer, then
         mismatched = piece
     yield mismatched, True
+
+
+def rl_prompt_pieces(
+    records: Iterable[Record], cfg, tokenizer, rejects: Rejects, counts: dict, needs_reference: bool
+) -> Pieces:
+    """One ``[prompt, reference]`` unit per row for stage ``grpo``: the prompt rendered through
+    the chat template with the generation prompt (what the policy completes), and the row's
+    reference answer as tokens (what an exact-match reward compares with; one EOS when the row
+    has none). Neither learns anything itself: the rollouts (``rl.grpo``) make the targets.
+    Rows are any SFT row (its last answer is the reference) or ``{"prompt", "reference"}``."""
+    from lmforge.data.schema import prompt_messages
+    from lmforge.tokenizer.templates import render
+    from lmforge.training.multitask import finish_conversation
+
+    def parse(row):
+        prompt, reference = prompt_messages(row)
+        finish_conversation(prompt, row, cfg)
+        if needs_reference and not (reference or "").strip():
+            raise RowError("no reference answer for the exact_match reward")
+        text = render(tokenizer, prompt, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= cfg.max_length:
+            raise RowError(
+                f"prompt longer than max_length ({len(ids)} >= {cfg.max_length} tokens); "
+                "raise data.max_length or shorten the prompt"
+            )
+        ref = tokenizer(reference, add_special_tokens=False)["input_ids"] if reference else []
+        return ids, ref or [tokenizer.eos_token_id]
+
+    for ids, ref in accepted(records, rejects, counts, parse):
+        counts["used"] += 1
+        yield Piece(ids, [IGNORE] * len(ids)), False
+        yield Piece(ref, [IGNORE] * len(ref)), True

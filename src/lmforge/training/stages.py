@@ -19,6 +19,7 @@ One loop trains every stage; a stage differs by what this module picks for it::
 | rm | scalar score (1 class) | [chosen, rejected] | Bradley-Terry on the two scores |
 | dpo | causal LM | [chosen, rejected] | preference.loss on answer log-probs |
 | kto | causal LM | [answer, another row's answer] | KTO (the second piece: the KL estimate) |
+| grpo | causal LM | [prompt, reference] -> G answers | clipped surrogate x advantage + KL |
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from lmforge.training.encoders import (
     kto_pieces,
     masked_lm_pieces,
     preference_pieces,
+    rl_prompt_pieces,
     row_labels,
     sequence_label_pieces,
     sorted_labels,
@@ -100,6 +102,8 @@ def plan_stage(cfg, tokenizer) -> StagePlan:
         return _preference(cfg)
     if cfg.stage == "kto":
         return _kto(cfg)
+    if cfg.stage == "grpo":
+        return _grpo(cfg, tokenizer)
     kind = pt_objective(cfg.objective.type, model_type(cfg.model))
     if kind == "clm":
         return StagePlan(
@@ -242,6 +246,25 @@ def _kto(cfg) -> StagePlan:
         return KTOLoss(model, p.beta, p.desirable_weight, p.undesirable_weight)
 
     return StagePlan("kto", "causal-lm", "CAUSAL_LM", encoder, make, chat=True)
+
+
+def _grpo(cfg, tokenizer) -> StagePlan:
+    """Units are prompts; the objective's rollout phase turns them into scored answers."""
+    from lmforge.rl.grpo import GRPOLoss
+
+    rl = cfg.rl
+    needs_reference = any(r.type == "exact_match" for r in rl.rewards)
+    encoder = Encoder(
+        "rl-prompts",
+        partial(rl_prompt_pieces, needs_reference=needs_reference),
+        settings={"needs_reference": needs_reference},
+        needs_targets=False,
+    )
+
+    def make(model: torch.nn.Module) -> Objective:
+        return GRPOLoss(model, tokenizer, rl, seed=cfg.train.seed)
+
+    return StagePlan("grpo", "causal-lm", "CAUSAL_LM", encoder, make, chat=True)
 
 
 def _has_dropout(model: torch.nn.Module) -> bool:

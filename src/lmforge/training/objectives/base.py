@@ -83,6 +83,32 @@ class Objective(torch.nn.Module):
         return {}
 
 
+class Tallied(Objective):
+    """An objective that logs statistics of its own (rewards, margins, KL): each is a running
+    ``(sum, count)`` per window, one window for training (read by ``log_metrics``) and one for
+    evaluation (read by ``eval_sums``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__(model)
+        self._sums: dict[bool, dict] = {True: {}, False: {}}
+
+    def _add(self, training: bool | None = None, **values: torch.Tensor) -> None:
+        """Add each statistic's values to the training or evaluation window (default: the mode
+        the objective is in)."""
+        sums = self._sums[self.training if training is None else training]
+        for key, value in values.items():
+            total, count = sums.get(key, (0.0, 0))
+            sums[key] = (total + float(value.detach().float().sum()), count + value.numel())
+
+    def log_metrics(self) -> dict:
+        sums, self._sums[True] = self._sums[True], {}
+        return {k: total / n for k, (total, n) in sums.items() if n}
+
+    def eval_sums(self) -> dict:
+        sums, self._sums[False] = self._sums[False], {}
+        return sums
+
+
 def kept(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(boolean mask of positions with a target, those targets in row-major order)."""
     keep = targets != IGNORE

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lmforge.training.collate import IGNORE
 from lmforge.training.objectives.base import kept
 from lmforge.training.objectives.causal import CHUNK_ELEMENTS, plain_head
 
@@ -92,6 +93,36 @@ def piece_ids(
     return torch.arange(rows, device=targets.device)[:, None].expand(rows, length)
 
 
+def target_logprobs(
+    model: torch.nn.Module,
+    hf: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    targets: torch.Tensor,
+    **kwargs,
+) -> torch.Tensor:
+    """The log-probability of every target token, in row-major order of ``targets != -100``.
+
+    ``model`` is what is called (a PEFT wrapper, or the model itself); ``hf`` the transformers
+    model inside it, whose decoder and head the fused path uses.
+    """
+    keep, wanted = kept(targets)
+    if plain_head(hf):
+        hidden = hf.get_decoder()(
+            input_ids=input_ids, position_ids=position_ids, use_cache=False, **kwargs
+        ).last_hidden_state[keep]
+        head = hf.get_output_embeddings()
+        return token_logprobs(hidden, head.weight, head.bias, wanted)
+    logits = model(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        use_cache=False,
+        logits_to_keep=keep,
+        **kwargs,
+    ).logits.float()
+    return logits.gather(1, wanted[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+
+
 def sequence_logprobs(
     model: torch.nn.Module,
     hf: torch.nn.Module,
@@ -101,28 +132,10 @@ def sequence_logprobs(
     n_pieces: int,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum of target log-probs, target count)`` per piece, each ``(n_pieces,)``.
-
-    ``model`` is what is called (a PEFT wrapper, or the model itself); ``hf`` the transformers
-    model inside it, whose decoder and head the fused path uses.
-    """
-    keep, wanted = kept(targets)
+    """``(sum of target log-probs, target count)`` per piece, each ``(n_pieces,)``."""
+    lp = target_logprobs(model, hf, input_ids, position_ids, targets, **kwargs)
+    keep = targets != IGNORE
     owner = piece_ids(targets, kwargs.get("cu_seq_lens_q"), kwargs.get("attention_mask"))[keep]
-    if plain_head(hf):
-        hidden = hf.get_decoder()(
-            input_ids=input_ids, position_ids=position_ids, use_cache=False, **kwargs
-        ).last_hidden_state[keep]
-        head = hf.get_output_embeddings()
-        lp = token_logprobs(hidden, head.weight, head.bias, wanted)
-    else:
-        logits = model(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            use_cache=False,
-            logits_to_keep=keep,
-            **kwargs,
-        ).logits.float()
-        lp = logits.gather(1, wanted[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
     sums = lp.new_zeros(n_pieces).index_add(0, owner, lp)
     counts = torch.zeros(n_pieces, device=lp.device).index_add(0, owner, torch.ones_like(lp))
     return sums, counts

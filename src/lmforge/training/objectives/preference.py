@@ -45,24 +45,20 @@ import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
 from lmforge.training.collate import Unit
-from lmforge.training.objectives.base import Objective, kept, output
+from lmforge.training.objectives.base import Tallied, kept, output
 from lmforge.training.objectives.heads import packed_head
-from lmforge.training.objectives.logprobs import piece_ids, sequence_logprobs
+from lmforge.training.objectives.logprobs import piece_ids, sequence_logprobs, target_logprobs
 
 DPO_LOSSES = ("sigmoid", "robust", "hinge", "ipo", "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")
 _AVERAGED = ("ipo", "simpo", "orpo")  # per-token average log-probabilities
 
 
-class _Pairs(Objective):
+class _Pairs(Tallied):
     """What reward models and DPO share: one pair per unit, summed statistics for the logs."""
 
     perplexity = False
     eval_predictions = True  # pair accuracy: is the chosen answer's reward the higher one?
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__(model)
-        self._sums = {True: {}, False: {}}  # training / evaluation windows
 
     def weight(self, unit: Unit) -> int:
         return 1  # one pair
@@ -75,21 +71,6 @@ class _Pairs(Objective):
             reward_accuracy=(chosen > rejected).float(),
             **more,
         )
-
-    def _add(self, **values: torch.Tensor) -> None:
-        """Add each statistic's values to the window (training or evaluation) as (sum, count)."""
-        sums = self._sums[self.training]
-        for key, value in values.items():
-            total, count = sums.get(key, (0.0, 0))
-            sums[key] = (total + float(value.detach().float().sum()), count + value.numel())
-
-    def log_metrics(self) -> dict:
-        sums, self._sums[True] = self._sums[True], {}
-        return {k: total / n for k, (total, n) in sums.items() if n}
-
-    def eval_sums(self) -> dict:
-        sums, self._sums[False] = self._sums[False], {}
-        return sums
 
     def _result(self, loss, chosen, rejected, return_predictions: bool):
         scores = torch.stack([rejected, chosen], dim=1)  # class 1: the chosen answer
@@ -163,11 +144,18 @@ class Reference:
     @torch.no_grad()
     def logprobs(self, *args, **kwargs) -> torch.Tensor:
         """Summed answer log-probabilities per piece (see ``sequence_logprobs``)."""
+        return self._call(sequence_logprobs, *args, **kwargs)[0]
+
+    @torch.no_grad()
+    def token_logprobs(self, *args, **kwargs) -> torch.Tensor:
+        """The log-probability of every target token (see ``target_logprobs``)."""
+        return self._call(target_logprobs, *args, **kwargs)
+
+    def _call(self, fn, *args, **kwargs):
         if self._frozen:
-            frozen = self._frozen[0]
-            return sequence_logprobs(frozen, frozen, *args, **kwargs)[0]
+            return fn(self._frozen[0], self._frozen[0], *args, **kwargs)
         with self.model.disable_adapter():
-            return sequence_logprobs(self.model, self.hf, *args, **kwargs)[0]
+            return fn(self.model, self.hf, *args, **kwargs)
 
 
 class DPOLoss(_Pairs):

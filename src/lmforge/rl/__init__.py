@@ -1,0 +1,1 @@
+"""Reinforcement learning from rewards: rollouts by generation, programmatic rewards, GRPO."""
