@@ -95,6 +95,12 @@ def _config(stage: str, data: Path, tokenizer_dir: Path, out: Path) -> TrainReci
         extra = ["data.max_length=32"]
     else:  # dropout on: the resumed run must also restore the RNG
         extra = ["data.max_length=64", "adapter.type=lora", "adapter.rank=4", "adapter.dropout=0.1"]
+    if stage == "grpo":  # sampled answers: the resumed steps must draw the same ones
+        extra += [
+            "rl.group_size=2",
+            "rl.max_new_tokens=4",
+            "rl.rewards=[{type: regex, pattern: '[aeiou]'}]",  # varies on a random model
+        ]
     return load_config(TrainRecipe, None, common + extra)
 
 
@@ -107,15 +113,24 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(file))
 
 
-@pytest.mark.parametrize("stage", ["pt", "sft"], ids=["pt-full", "sft-lora"])
+def _pair_data(folder: Path) -> Path:
+    from lmforge.data.synthetic_pairs import make_pairs, write_pairs
+
+    return write_pairs(folder / "pairs.jsonl", make_pairs(3, seed=2)[:16])
+
+
+@pytest.mark.parametrize(
+    "stage", ["pt", "sft", "dpo", "grpo"], ids=["pt-full", "sft-lora", "dpo-lora", "grpo-lora"]
+)
 def test_killed_and_resumed_run_matches_uninterrupted(
     stage, tokenizer, tokenizer_dir, demo_data, tmp_path, capsys
 ):
-    data = (
-        _pt_data(tokenizer, demo_data, tmp_path)
-        if stage == "pt"
-        else _sft_data(demo_data, tmp_path)
-    )
+    if stage == "pt":
+        data = _pt_data(tokenizer, demo_data, tmp_path)
+    elif stage == "dpo":
+        data = _pair_data(tmp_path)
+    else:
+        data = _sft_data(demo_data, tmp_path)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
 
     run(_config(stage, data, tokenizer_dir, straight))
@@ -141,6 +156,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(
     assert [r["step"] for r in rows] == list(range(1, 9))  # steps 4-5 logged once, not twice
     for got, want in zip(rows, _metrics(straight), strict=True):
         assert got["loss"] == pytest.approx(want["loss"], abs=1e-6), got["step"]
+        if stage == "grpo":  # the same answers were sampled, so they scored the same
+            assert got["reward"] == want["reward"], got["step"]
     assert rows[-1]["epoch"] > 1  # the epoch boundary was crossed
 
     final, reference = _weights(resumed), _weights(straight)
