@@ -165,7 +165,7 @@ class DemoRecipe(RecipeConfig):
     vocab_size: int = Field(2000, ge=300, description="tokenizer vocabulary")
     pt_steps: int = Field(800, gt=0, description="pretraining optimizer steps")
     sft_steps: int = Field(500, gt=0, description="LoRA fine-tuning optimizer steps")
-    dpo_steps: int = Field(150, gt=0, description="DPO optimizer steps after fine-tuning")
+    dpo_steps: int = Field(300, gt=0, description="DPO optimizer steps after fine-tuning")
     preset: str = Field("tiny-llama", description="model preset")
     seed: int = Field(0, description="seed for data, weights and sampling")
     progress: bool = Field(True, description="progress bars while training")

@@ -233,6 +233,12 @@ class PreferenceConfig(Group):
         0.0, ge=0, lt=0.5, description="dpo sigmoid/robust/simpo: assumed share of flipped pairs"
     )
     simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin gamma")
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="dpo: add this times the chosen answers' per-token NLL (RPO; LLaMA-Factory's "
+        "pref_ftx): keeps the chosen answers likely while the margin grows",
+    )
     orpo_lambda: float = Field(
         0.1, gt=0, description="orpo: weight of the odds-ratio term beside the chosen NLL"
     )

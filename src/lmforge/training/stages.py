@@ -229,6 +229,7 @@ def _preference(cfg) -> StagePlan:
             label_smoothing=p.label_smoothing,
             simpo_gamma=p.simpo_gamma,
             orpo_lambda=p.orpo_lambda,
+            sft_weight=p.sft_weight,
         )
 
     return StagePlan(f"dpo/{p.loss}", "causal-lm", "CAUSAL_LM", encoder, make, chat=True)

@@ -25,6 +25,10 @@ frozen copy for full and frozen-layer fine-tuning), ``|y|`` the answer's length,
 | simpo | ``-log σ(β(π_c/|y_c| - π_r/|y_r|) - γ)`` (no reference) | SimPO, Meng et al. 2024 |
 | orpo | ``-π_c/|y_c| - λ log σ(log odds_c - log odds_r)`` (no reference) | ORPO, Hong et al. 2024 |
 
+``sft_weight`` adds ``w · (-π_c/|y_c|)`` to any of them (RPO, Pang et al. 2024; LLaMA-Factory's
+``pref_ftx``, TRL's ``rpo_alpha``): DPO's margin can grow while both answers become less likely,
+and the chosen answers' NLL holds them up.
+
 These are the definitions TRL's ``DPOTrainer``/``CPOTrainer``/``ORPOTrainer`` implement (ORPO's
 odds use per-token average log-probabilities: ``log odds = p̄ - log(1 - exp(p̄))``).
 
@@ -171,6 +175,7 @@ class DPOLoss(_Pairs):
         label_smoothing: float = 0.0,
         simpo_gamma: float = 0.5,
         orpo_lambda: float = 0.1,
+        sft_weight: float = 0.0,
     ):
         super().__init__(model)
         if loss not in DPO_LOSSES:
@@ -181,6 +186,7 @@ class DPOLoss(_Pairs):
         self.label_smoothing = label_smoothing
         self.simpo_gamma = simpo_gamma
         self.orpo_lambda = orpo_lambda
+        self.sft_weight = sft_weight
         self.reference_free = loss in REFERENCE_FREE
         self.reference = None if self.reference_free else Reference(model, self.hf)
 
@@ -234,6 +240,9 @@ class DPOLoss(_Pairs):
         else:  # orpo: log odds of the average token probability, log(p / (1 - p))
             log_odds = (pi_c - pi_r) - (_log1mexp(pi_c) - _log1mexp(pi_r))
             losses = -pi_c - self.orpo_lambda * F.logsigmoid(log_odds)
+        if self.sft_weight:  # RPO: the chosen answer's mean token NLL as well
+            chosen_logp, chosen_len = _split_pairs(logp, unit_sizes)[0], length[0::2]
+            losses = losses - self.sft_weight * chosen_logp / chosen_len
         return losses.sum(), beta * (pi_c - ref_c).detach(), beta * (pi_r - ref_r).detach()
 
 
