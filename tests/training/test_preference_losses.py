@@ -117,11 +117,11 @@ def test_answer_logprobs_are_the_same_in_both_layouts(model, pairs, fused, monke
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def _formula_loss(kind, pi, ref, length, beta=0.5, eps=0.1, gamma=0.3, lam=0.2):
+def _formula_loss(kind, pi, ref, length, beta=0.5, eps=0.1, gamma=0.3, lam=0.2, sft=0.0):
     objective = DPOLoss.__new__(DPOLoss)
     torch.nn.Module.__init__(objective)
     objective.loss_type, objective.beta, objective.label_smoothing = kind, beta, eps
-    objective.simpo_gamma, objective.orpo_lambda = gamma, lam
+    objective.simpo_gamma, objective.orpo_lambda, objective.sft_weight = gamma, lam, sft
     objective.reference_free = kind in ("simpo", "orpo")
     loss, _, _ = objective._loss(pi, length, ref, [2])
     return float(loss)
@@ -218,3 +218,9 @@ def test_reward_loss_is_bradley_terry(tokenizer) -> None:
             ids, positions, targets, [2], attention_mask=mask, weights=weights
         )
     torch.testing.assert_close(margin_loss, -F.logsigmoid(r[0, 3] - r[1, 2] - 2.0))
+
+
+def test_sft_weight_adds_the_chosen_answers_nll() -> None:
+    plain = _formula_loss("sigmoid", PI, REF, LENGTH)
+    with_nll = _formula_loss("sigmoid", PI, REF, LENGTH, sft=2.0)
+    assert with_nll == pytest.approx(plain + 2.0 * 3.0 / 2.0)  # -(-3) / 2 tokens, times 2
