@@ -60,6 +60,22 @@ def window_losses(per_step: list[dict], log_every: int) -> list[list]:
     return out
 
 
+def add_loop_timer(trainer) -> None:
+    """Set ``trainer.loop_seconds`` to the wall time from ``on_train_begin`` to
+    ``on_train_end`` (after the data loader and optimizer exist); NaN until then."""
+    from transformers import TrainerCallback
+
+    class LoopTimer(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            trainer._t0 = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kw):
+            trainer.loop_seconds = time.perf_counter() - trainer._t0
+
+    trainer.loop_seconds = float("nan")
+    trainer.add_callback(LoopTimer())
+
+
 def recording_trainer(base):
     """A subclass of ``base`` (``Trainer``, ``SFTTrainer``) that records what it trains on.
 
@@ -68,24 +84,12 @@ def recording_trainer(base):
     (``Trainer`` returns the mean over target tokens). ``trainer.loop_seconds``: wall time from
     ``on_train_begin`` to ``on_train_end``, after the data loader and optimizer exist.
     """
-    from transformers import TrainerCallback
-
-    class LoopTimer(TrainerCallback):
-        def __init__(self, owner):
-            self.owner = owner
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.owner._t0 = time.perf_counter()
-
-        def on_train_end(self, args, state, control, **kw):
-            self.owner.loop_seconds = time.perf_counter() - self.owner._t0
 
     class Recording(base):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.per_step: list[dict] = []
-            self.loop_seconds = float("nan")
-            self.add_callback(LoopTimer(self))
+            add_loop_timer(self)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             stats = batch_stats(inputs)

@@ -224,3 +224,24 @@ def test_sft_weight_adds_the_chosen_answers_nll() -> None:
     plain = _formula_loss("sigmoid", PI, REF, LENGTH)
     with_nll = _formula_loss("sigmoid", PI, REF, LENGTH, sft=2.0)
     assert with_nll == pytest.approx(plain + 2.0 * 3.0 / 2.0)  # -(-3) / 2 tokens, times 2
+
+
+def test_the_reference_ignores_dropout_while_training(tokenizer, pairs) -> None:
+    """With dropout in the base, the policy's forward is random in training mode, but the
+    reference (the adapter switched off) is computed without dropout: the same every time."""
+    cfg = ModelConfig(preset="tiny-llama", tokenizer="unused", overrides={"attention_dropout": 0.5})
+    policy = build_model(cfg, tokenizer, seed=0)
+    policy = apply_adapter(
+        policy, AdapterConfig(type="lora", rank=4), tokenizer, torch.device("cpu"), Task()
+    ).model
+    objective = DPOLoss(policy).train()
+    batch = padded_batch(pairs, 0)
+    args = (batch["input_ids"], batch["position_ids"], batch["targets"], 2 * len(pairs))
+    first = objective.reference.logprobs(*args, **batch["attention"])
+    second = objective.reference.logprobs(*args, **batch["attention"])
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert policy.training  # switched back after the reference forward
+    with torch.no_grad():
+        a, _ = sequence_logprobs(policy, objective.hf, *args, **batch["attention"])
+        b, _ = sequence_logprobs(policy, objective.hf, *args, **batch["attention"])
+    assert not torch.equal(a, b)  # the policy itself does use dropout

@@ -29,8 +29,11 @@ frozen copy for full and frozen-layer fine-tuning), ``|y|`` the answer's length,
 ``pref_ftx``, TRL's ``rpo_alpha``): DPO's margin can grow while both answers become less likely,
 and the chosen answers' NLL holds them up.
 
-These are the definitions TRL's ``DPOTrainer``/``CPOTrainer``/``ORPOTrainer`` implement (ORPO's
-odds use per-token average log-probabilities: ``log odds = p̄ - log(1 - exp(p̄))``).
+The DPO-family rows are the definitions TRL's ``DPOTrainer`` and ``CPOTrainer`` implement
+(``benchmarks/dpo_throughput.py`` matches TRL's sigmoid losses step by step within 1.2e-4).
+ORPO's odds use per-token average log-probabilities (``log odds = p̄ - log(1 - exp(p̄))``) as
+in the paper; its NLL term here is each chosen answer's mean token NLL, averaged over pairs,
+where TRL's ``ORPOTrainer`` takes one token-weighted cross-entropy over the batch.
 
 Logged per window and per evaluation: ``reward_chosen``/``reward_rejected`` (``β(π - ref)``;
 ``β·π/|y|`` without a reference; the scalar rewards for ``rm``), ``reward_margin``,
@@ -48,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
+from lmforge.serve.generate import eval_mode
 from lmforge.training.collate import Unit
 from lmforge.training.objectives.base import Tallied, kept, output
 from lmforge.training.objectives.heads import packed_head
@@ -158,7 +162,8 @@ class Reference:
     def _call(self, fn, *args, **kwargs):
         if self._frozen:
             return fn(self._frozen[0], self._frozen[0], *args, **kwargs)
-        with self.model.disable_adapter():
+        # eval mode: the base's own dropout (if any) must not make the reference random
+        with self.model.disable_adapter(), eval_mode(self.model):
             return fn(self.model, self.hf, *args, **kwargs)
 
 
