@@ -33,6 +33,8 @@ def test_bad_reward_settings_are_config_errors() -> None:
         RewardSpec(type="regex", pattern="(")
     with pytest.raises(ValidationError, match="needs target_tokens"):
         RewardSpec(type="length")
+    with pytest.raises(ValidationError, match="needs path"):
+        RewardSpec(type="model")
 
 
 def test_group_advantages() -> None:
@@ -44,3 +46,4 @@ def test_group_advantages() -> None:
     torch.testing.assert_close(
         group_advantages(rewards, scale=False)[2], torch.tensor([-0.75, -0.75, -0.75, 2.25])
     )
+

@@ -388,3 +388,34 @@ def test_grpo_raises_the_exact_match_reward(sft_full, pairs, tmp_path) -> None:
     assert late > early + 0.1, [r["reward"] for r in train]
     assert evals[-1]["eval_exact_match"] > evals[0]["eval_exact_match"], evals
     assert max(r["kl"] for r in train) < 0.5, [r["kl"] for r in train]
+
+
+def test_grpo_with_a_trained_reward_model(sft_full, reward_model, pairs, tmp_path) -> None:
+    """The reward is the rm run's score of each sampled answer in its conversation, and it
+    rises over the run: the policy learns what the reward model prefers. (Exact match rides
+    along at weight 0: in the recorded run it fell from 0.34 to 0.00 while the score rose,
+    the reward model being hacked at this small beta; docs/alignment.md.)"""
+    out = tmp_path / "grpo-rm"
+    _train(
+        [
+            "stage=grpo",
+            f"model.path={sft_full}",
+            f"data.train=[{pairs['train']}]",
+            "data.max_length=64",
+            "adapter.type=full",
+            "rl.group_size=4",
+            f"rl.rewards=[{{type: model, path: '{reward_model}'}}, "
+            "{type: exact_match, weight: 0}]",
+            "rl.max_new_tokens=6",
+            "train.batch_size=8",
+            "train.max_steps=80",
+            "train.lr=1e-3",
+            "train.warmup_steps=0",
+            "train.log_every=10",
+            f"output_dir={out}",
+        ]
+    )
+    rows = [r for r in _metrics(out) if "loss" in r]
+    rewards = [r["reward"] for r in rows]
+    assert sum(rewards[-3:]) / 3 > rewards[0] + 0.3, rewards
+    assert all("exact_match" in r for r in rows)

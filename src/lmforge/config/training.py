@@ -254,14 +254,18 @@ class PreferenceConfig(Group):
 class RewardSpec(Group):
     """One programmatic reward term (see ``lmforge.rl.rewards``)."""
 
-    type: Literal["exact_match", "regex", "length"] = Field(
+    type: Literal["exact_match", "regex", "length", "model"] = Field(
         "exact_match",
         description="exact_match: 1 when the answer equals the row's reference; regex: 1 when "
-        "pattern matches; length: -|tokens - target_tokens| / target_tokens",
+        "pattern matches; length: -|tokens - target_tokens| / target_tokens; model: the score "
+        "of a reward model (a stage rm run) on the rendered conversation",
     )
     weight: float = Field(1.0, description="this term's weight in the summed reward")
     pattern: str | None = Field(None, description="regex: the pattern (re.search)")
     target_tokens: int | None = Field(None, gt=0, description="length: the wanted answer length")
+    path: str | None = Field(
+        None, description="model: the reward model (an rm run or its model folder)"
+    )
 
     @model_validator(mode="after")
     def _needs_its_setting(self):
@@ -276,6 +280,8 @@ class RewardSpec(Group):
                 raise ValueError(f"pattern {self.pattern!r} is not a valid regex: {exc}") from None
         if self.type == "length" and not self.target_tokens:
             raise ValueError("a length reward needs target_tokens")
+        if self.type == "model" and not self.path:
+            raise ValueError("a model reward needs path (a stage rm run)")
         return self
 
 

@@ -4,7 +4,11 @@ row's reference answer to a number, and ``rl.rewards`` in the config sums them w
 - ``exact_match``: 1 when the completion equals the reference after ``eval.exact_match``'s
   normalisation (case, surrounding whitespace and punctuation), else 0;
 - ``regex``: 1 when ``pattern`` matches the completion (``re.search``; a format reward), else 0;
-- ``length``: ``-|tokens - target| / target``, at most 0: a penalty for straying from a length.
+- ``length``: ``-|tokens - target| / target``, at most 0: a penalty for straying from a length;
+- ``model``: the scalar score of a reward model (a stage ``rm`` run, :class:`RewardModel`) on
+  the conversation as the policy rendered it (prompt, answer, end-of-turn token). The reward
+  model reads that text with its own tokenizer, so it must share the policy's chat template, as
+  one trained from the same SFT model does.
 
 Length alone cannot earn the exact-match reward, and the format reward is earned by every
 well-formed answer, right or wrong: a run's accuracy is the exact-match rate it logs.
@@ -15,6 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
 
 from lmforge.eval.exact_match import normalize_answer
 
@@ -41,14 +47,53 @@ def length_reward(c: Completion, target: int) -> float:
 
 
 def total_reward(c: Completion, specs: Sequence) -> float:
-    """The weighted sum of ``specs`` (``config.training.RewardSpec``) for one completion."""
+    """The weighted sum of the programmatic ``specs`` (``config.training.RewardSpec``; model
+    rewards are scored in batches by :class:`RewardModel`) for one completion."""
     total = 0.0
     for spec in specs:
         if spec.type == "exact_match":
             value = exact_match_reward(c)
         elif spec.type == "regex":
             value = regex_reward(c, re.compile(spec.pattern))
-        else:
+        elif spec.type == "length":
             value = length_reward(c, spec.target_tokens)
+        else:
+            continue
         total += spec.weight * value
     return total
+
+
+class RewardModel:
+    """A trained reward model (stage ``rm``: a one-label ``...ForSequenceClassification``) that
+    scores rendered conversations, loaded once on ``device`` in eval mode."""
+
+    def __init__(self, path: str, device: torch.device, batch_size: int = 16):
+        from lmforge.config.groups import ModelConfig
+        from lmforge.errors import ConfigError
+        from lmforge.models.load import load_for_inference
+
+        self.model, self.tokenizer = load_for_inference(ModelConfig(path=path), str(device))
+        labels = getattr(self.model.config, "num_labels", None)
+        if labels != 1:
+            raise ConfigError(
+                f"rl.rewards model {path} has {labels} labels; a reward model (stage rm) has 1"
+            )
+        self.device = device
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def score(self, texts: list[str]) -> list[float]:
+        """The reward of each text (a rendered conversation), right-padded in batches: the
+        model reads the last real token, as it did in training."""
+        tok = self.tokenizer
+        tok.padding_side = "right"
+        out: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = tok(
+                texts[start : start + self.batch_size],
+                add_special_tokens=False,
+                padding=True,
+                return_tensors="pt",
+            ).to(self.device)
+            out.extend(self.model(**batch).logits[:, 0].float().tolist())
+        return out
