@@ -46,4 +46,3 @@ def test_group_advantages() -> None:
     torch.testing.assert_close(
         group_advantages(rewards, scale=False)[2], torch.tensor([-0.75, -0.75, -0.75, 2.25])
     )
-
