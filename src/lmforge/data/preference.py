@@ -27,7 +27,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.data.schema import RowError, check_messages, detect_format, to_messages, tools_of
+from lmforge.data.schema import (
+    RowError,
+    check_messages,
+    detect_format,
+    is_answer,
+    to_messages,
+    tools_of,
+)
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -41,10 +48,6 @@ class Preference:
     tools: list[dict] | None = None
     margin: float = 0.0  # how much better chosen is (reward-model margin), when the row says
 
-    def conversation(self, answer: str) -> list[dict]:
-        """The prompt followed by the ``chosen`` or ``rejected`` answer."""
-        return [*self.prompt, getattr(self, answer)]
-
 
 def to_preference(row: Any, margin_field: str | None = None) -> Preference:
     """One preference row in any of the formats of the module doc."""
@@ -53,30 +56,24 @@ def to_preference(row: Any, margin_field: str | None = None) -> Preference:
     for key in ("chosen", "rejected"):
         if key not in row:
             raise RowError(f"missing field '{key}' (a preference row has chosen and rejected)")
-    if "prompt" in row:
-        prompt = _prompt(row["prompt"])
-    elif isinstance(row["chosen"], str) and _is_transcript(row["chosen"]):
+    if "prompt" not in row and isinstance(row["chosen"], str) and _is_transcript(row["chosen"]):
         prompt, chosen, rejected = _hh(row["chosen"], row["rejected"])
-        return _checked(
-            Preference(prompt, chosen, rejected, tools_of(row), _margin(row, margin_field))
-        )
     else:
-        prompt = _conversation_prompt(row)
-    chosen = _answer(row["chosen"], prompt, "chosen")
-    rejected = _answer(row["rejected"], prompt, "rejected")
-    return _checked(Preference(prompt, chosen, rejected, tools_of(row), _margin(row, margin_field)))
-
-
-def _checked(pref: Preference) -> Preference:
-    if not pref.prompt or pref.prompt[-1]["role"] not in ("user", "tool"):
-        raise RowError("the prompt must end with a user (or tool) turn before the answers")
-    if pref.chosen == pref.rejected:
+        prompt = _prompt(row["prompt"]) if "prompt" in row else _conversation_prompt(row)
+        chosen = _answer(row["chosen"], prompt, "chosen")
+        rejected = _answer(row["rejected"], prompt, "rejected")
+    _check_prompt(prompt)
+    if chosen == rejected:
         raise RowError("chosen and rejected are the same answer: nothing to prefer")
-    for key in ("chosen", "rejected"):
-        answer = getattr(pref, key)
-        if not (answer["content"].strip() or answer.get("tool_calls")):
+    for key, answer in (("chosen", chosen), ("rejected", rejected)):
+        if not is_answer(answer):
             raise RowError(f"the {key} answer is empty")
-    return pref
+    return Preference(prompt, chosen, rejected, tools_of(row), _margin(row, margin_field))
+
+
+def _check_prompt(prompt: list[dict]) -> None:
+    if not prompt or prompt[-1]["role"] not in ("user", "tool"):
+        raise RowError("the prompt must end with a user (or tool) turn before the answer")
 
 
 def _margin(row: dict, field: str | None) -> float:
@@ -193,8 +190,7 @@ def to_unpaired(row: Any, label_field: str = "label") -> Unpaired:
     else:
         messages = to_messages({k: v for k, v in row.items() if k != label_field})
         prompt, completion = messages[:-1], messages[-1]
-    if not prompt or prompt[-1]["role"] not in ("user", "tool"):
-        raise RowError("the prompt must end with a user (or tool) turn before the answer")
-    if not (completion["content"].strip() or completion.get("tool_calls")):
+    _check_prompt(prompt)
+    if not is_answer(completion):
         raise RowError("the completion is empty")
     return Unpaired(prompt, completion, label, tools_of(row))

@@ -253,9 +253,9 @@ def start_from_adapter(cfg: TrainRecipe, run_dir: Path, strategy: Strategy) -> T
     ``run_dir/start``: the stage starts from exactly what the adapter computed, a new adapter
     sits on the merged weights (so that switching it off gives the starting policy, the DPO
     reference), and the saved adapter records that folder as its base."""
-    if not cfg.model.path or not is_adapter_dir(resolve_dir(cfg.model.path)):
+    folder = resolve_dir(cfg.model.path) if cfg.model.path else None
+    if folder is None or not is_adapter_dir(folder):
         return cfg
-    folder = resolve_dir(cfg.model.path)
     merged = run_dir / START_SUBDIR
     if strategy.is_main:
         from lmforge.export.merge import merge_adapter

@@ -79,10 +79,8 @@ class GRPOLoss(Tallied):
     def _rollouts(self, units: list[Unit], step: int) -> list[Unit]:
         training = self.training
         prompts = [[int(t) for t in u[0].ids] for u in units]  # cached units hold arrays
-        references = [
+        references = [  # the second piece (encoders.rl_prompt_pieces)
             self.tokenizer.decode([int(t) for t in u[1].ids], skip_special_tokens=True)
-            if len(u) > 1
-            else None
             for u in units
         ]
         g = self.rl.group_size

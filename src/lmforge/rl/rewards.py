@@ -78,6 +78,7 @@ class RewardModel:
             raise ConfigError(
                 f"rl.rewards model {path} has {labels} labels; a reward model (stage rm) has 1"
             )
+        self.tokenizer.padding_side = "right"  # the model reads the last real token
         self.device = device
         self.batch_size = batch_size
 
@@ -85,11 +86,9 @@ class RewardModel:
     def score(self, texts: list[str]) -> list[float]:
         """The reward of each text (a rendered conversation), right-padded in batches: the
         model reads the last real token, as it did in training."""
-        tok = self.tokenizer
-        tok.padding_side = "right"
         out: list[float] = []
         for start in range(0, len(texts), self.batch_size):
-            batch = tok(
+            batch = self.tokenizer(
                 texts[start : start + self.batch_size],
                 add_special_tokens=False,
                 padding=True,

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.config.groups import GenerationConfig
-from lmforge.serve.generate import decoding_kwargs, end_ids, eval_mode, left_pad
+from lmforge.serve.generate import (
+    cut_at_end,
+    decoding_kwargs,
+    end_ids,
+    eval_mode,
+    left_pad,
+    pad_id,
+)
 from lmforge.training.attention import generation_attention
 
 
@@ -31,7 +38,7 @@ def sample_answers(
     """``n`` sampled answers per prompt (``rl``: ``max_new_tokens``, ``temperature``,
     ``top_p``), drawn from a random stream seeded with ``seed`` and forked from the caller's."""
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     eos_ids = end_ids(model, tokenizer)
     cfg = GenerationConfig(
         max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, top_p=rl.top_p
@@ -48,8 +55,6 @@ def sample_answers(
     new = out[:, input_ids.shape[1] :].tolist()
     answers = []
     for ids in new:
-        ends = [i for i, t in enumerate(ids) if t in eos_ids]
-        finished = bool(ends)
-        ids = ids[: ends[0] + 1] if ends else ids
+        ids, finished = cut_at_end(ids, eos_ids)
         answers.append(Answer(ids, tokenizer.decode(ids, skip_special_tokens=True), finished))
     return [answers[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -68,14 +68,25 @@ def end_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
+def pad_id(tokenizer) -> int:
+    """The id left padding uses: the tokenizer's pad token, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def cut_at_end(ids: list[int], eos_ids: list[int]) -> tuple[list[int], bool]:
+    """(the generated ids through the first end-of-turn id, whether there was one)."""
+    for i, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[: i + 1], True
+    return ids, False
+
+
 def _decode(tokenizer, ids: list[int], stop: list[str], eos_ids: list[int]) -> dict:
     """One completion from its generated ids: cut at EOS, trailing padding and stop strings."""
     pad = tokenizer.pad_token_id
-    finish = "length"
-    ends = [i for i, token in enumerate(ids) if token in eos_ids]
-    if ends:
-        ids, finish = ids[: ends[0] + 1], "stop"
-    else:
+    ids, ended = cut_at_end(ids, eos_ids)
+    finish = "stop" if ended else "length"
+    if not ended:
         while ids and pad is not None and ids[-1] == pad:  # rows that finished early on a stop
             ids = ids[:-1]
     text = tokenizer.decode(ids, skip_special_tokens=True)
@@ -120,9 +131,7 @@ def generate(
     from tqdm.auto import tqdm
 
     encoded = encode_prompts(tokenizer, prompts, cfg)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     eos_ids = end_ids(model, tokenizer)
     kwargs = decoding_kwargs(tokenizer, cfg, eos_ids)
@@ -133,7 +142,7 @@ def generate(
         for start in tqdm(
             starts, desc="generate", unit="batch", disable=None if progress else True
         ):
-            input_ids, mask = left_pad(encoded[start : start + cfg.batch_size], pad_id)
+            input_ids, mask = left_pad(encoded[start : start + cfg.batch_size], pad)
             out = model.generate(
                 input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs
             )

@@ -303,18 +303,16 @@ def kto_pieces(records: Iterable[Record], cfg, tokenizer, rejects: Rejects, coun
         )
         return example, own
 
-    first = previous = None
+    first = previous = None  # each unit is emitted when the next row has been read
     for example, (piece, cut) in accepted(records, rejects, counts, parse):
         counts["used"] += 1
         counts["truncated"] += int(cut)
-        current = (example, piece)
         if previous is not None:
             yield from _kto_unit(previous, example, tokenizer, cfg)
-        else:
-            first = current
-        previous = current
+        first = first or example
+        previous = (example, piece)
     if previous is not None:
-        yield from _kto_unit(previous, first[0], tokenizer, cfg)
+        yield from _kto_unit(previous, first, tokenizer, cfg)
 
 
 def _kto_unit(own, other, tokenizer, cfg) -> Pieces:
@@ -338,8 +336,9 @@ def rl_prompt_pieces(
     reference answer as tokens (what an exact-match reward compares with; one EOS when the row
     has none). Neither learns anything itself: the rollouts (``rl.grpo``) make the targets.
     Rows are any SFT row (its last answer is the reference) or ``{"prompt", "reference"}``."""
+    from lmforge.config.groups import GenerationConfig
     from lmforge.data.schema import prompt_messages
-    from lmforge.tokenizer.templates import render
+    from lmforge.serve.generate import encode_prompts
     from lmforge.training.multitask import finish_conversation
 
     def parse(row):
@@ -347,8 +346,7 @@ def rl_prompt_pieces(
         finish_conversation(prompt, row, cfg)
         if needs_reference and not (reference or "").strip():
             raise RowError("no reference answer for the exact_match reward")
-        text = render(tokenizer, prompt, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        (ids,) = encode_prompts(tokenizer, [prompt], GenerationConfig())  # as `generate` does
         if len(ids) >= cfg.max_length:
             raise RowError(
                 f"prompt longer than max_length ({len(ids)} >= {cfg.max_length} tokens); "
