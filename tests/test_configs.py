@@ -44,6 +44,7 @@ def test_the_expected_configs_ship() -> None:
         "dpo_lora.yaml",
         "reward_model.yaml",
         "grpo.yaml",
+        "ppo.yaml",
     } <= names
 
 
@@ -142,7 +143,13 @@ def test_training_configs_run(one_thread, tokenizer_dir, demo_data, tmp_path, ca
     from lmforge.data.synthetic_pairs import make_pairs, write_pairs
 
     pairs = write_pairs(tmp_path / "pairs.jsonl", make_pairs(4, seed=0))
-    for name, stage in (("dpo_lora", "dpo"), ("reward_model", "rm"), ("grpo", "grpo")):
+    scored = f"rl.rewards=[{{type: model, path: '{tmp_path / 'reward_model'}'}}]"  # just trained
+    for name, stage, extra in (
+        ("dpo_lora", "dpo", []),
+        ("reward_model", "rm", []),
+        ("grpo", "grpo", []),
+        ("ppo", "ppo", [scored]),
+    ):
         out = tmp_path / name
         code = main(
             [
@@ -153,6 +160,7 @@ def test_training_configs_run(one_thread, tokenizer_dir, demo_data, tmp_path, ca
                 f"data.validation=[{pairs}]",
                 f"output_dir={out}",
                 *quick,
+                *extra,
             ]
         )
         assert code == 0, capsys.readouterr().err

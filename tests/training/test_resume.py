@@ -95,12 +95,14 @@ def _config(stage: str, data: Path, tokenizer_dir: Path, out: Path) -> TrainReci
         extra = ["data.max_length=32"]
     else:  # dropout on: the resumed run must also restore the RNG
         extra = ["data.max_length=64", "adapter.type=lora", "adapter.rank=4", "adapter.dropout=0.1"]
-    if stage == "grpo":  # sampled answers: the resumed steps must draw the same ones
+    if stage in ("grpo", "ppo"):  # sampled answers: the resumed steps must draw the same ones
         extra += [
             "rl.group_size=2",
             "rl.max_new_tokens=4",
             "rl.rewards=[{type: regex, pattern: '[aeiou]'}]",  # varies on a random model
         ]
+    if stage == "ppo":  # the adaptive KL coefficient is state the checkpoint must carry
+        extra += ["rl.kl_target=0.01", "rl.kl_horizon=10", "rl.ppo_epochs=2", "rl.mini_batches=2"]
     return load_config(TrainRecipe, None, common + extra)
 
 
@@ -120,7 +122,9 @@ def _pair_data(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "stage", ["pt", "sft", "dpo", "grpo"], ids=["pt-full", "sft-lora", "dpo-lora", "grpo-lora"]
+    "stage",
+    ["pt", "sft", "dpo", "grpo", "ppo"],
+    ids=["pt-full", "sft-lora", "dpo-lora", "grpo-lora", "ppo-lora"],
 )
 def test_killed_and_resumed_run_matches_uninterrupted(
     stage, tokenizer, tokenizer_dir, demo_data, tmp_path, capsys
@@ -156,11 +160,18 @@ def test_killed_and_resumed_run_matches_uninterrupted(
     assert [r["step"] for r in rows] == list(range(1, 9))  # steps 4-5 logged once, not twice
     for got, want in zip(rows, _metrics(straight), strict=True):
         assert got["loss"] == pytest.approx(want["loss"], abs=1e-6), got["step"]
-        if stage == "grpo":  # the same answers were sampled, so they scored the same
+        if stage in ("grpo", "ppo"):  # the same answers were sampled, so they scored the same
             assert got["reward"] == want["reward"], got["step"]
+        if stage == "ppo":
+            assert got["kl_coef"] == pytest.approx(want["kl_coef"], rel=1e-9), got["step"]
     assert rows[-1]["epoch"] > 1  # the epoch boundary was crossed
 
     final, reference = _weights(resumed), _weights(straight)
+    if stage == "ppo":  # the value head was checkpointed and resumed too
+        assert rows[-1]["kl_coef"] != rows[0]["kl_coef"]  # the controller moved it
+        final.update(load_file(str(resumed / "value_head.safetensors")))
+        reference.update(load_file(str(straight / "value_head.safetensors")))
+        assert reference["weight"].abs().max() > 0  # trained away from its zero start
     assert final.keys() == reference.keys()
     for name, tensor in reference.items():
         torch.testing.assert_close(final[name], tensor, atol=1e-6, rtol=0, msg=name)

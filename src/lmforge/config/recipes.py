@@ -44,12 +44,13 @@ class TokenizerRecipe(RecipeConfig):
 
 
 class TrainRecipe(RecipeConfig):
-    stage: Literal["pt", "sft", "cls", "rm", "dpo", "kto", "grpo"] = Field(
+    stage: Literal["pt", "sft", "cls", "rm", "dpo", "kto", "grpo", "ppo"] = Field(
         "sft",
         description="pt: pretrain on text (objective.type); sft: instructions; "
         "cls: sequence or token classification; rm: reward model on chosen/rejected pairs; "
         "dpo: preference optimisation (preference.loss); kto: answers labelled good or bad; "
-        "grpo: sampled answers scored by rewards (rl)",
+        "grpo: groups of sampled answers scored by rewards (rl); ppo: sampled answers, a "
+        "value head and GAE against a reward model or function (rl)",
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="what is trained")
     data: DataConfig = Field(default_factory=DataConfig, description="training data")
@@ -60,7 +61,9 @@ class TrainRecipe(RecipeConfig):
     preference: PreferenceConfig = Field(
         default_factory=PreferenceConfig, description="stages rm, dpo and kto"
     )
-    rl: RLConfig = Field(default_factory=RLConfig, description="stage grpo: rollouts and rewards")
+    rl: RLConfig = Field(
+        default_factory=RLConfig, description="stages grpo and ppo: rollouts and rewards"
+    )
     adapter: AdapterConfig = Field(
         default_factory=AdapterConfig, description="what trains: full, freeze, LoRA, QLoRA, ..."
     )
@@ -95,7 +98,7 @@ class TrainRecipe(RecipeConfig):
             raise ValueError(
                 f"objective.type={self.objective.type} belongs to stage pt, not {self.stage}"
             )
-        if self.stage in ("rm", "dpo", "kto", "grpo") and self.data.format == "text":
+        if self.stage in ("rm", "dpo", "kto", "grpo", "ppo") and self.data.format == "text":
             raise ValueError(
                 f"stage {self.stage} needs preference rows (prompt and chosen/rejected, or "
                 "a labelled completion for kto): leave data.format at auto"

@@ -286,16 +286,46 @@ class RewardSpec(Group):
 
 
 class RLConfig(Group):
-    """Stage ``grpo``: answers sampled from the policy, scored by programmatic rewards."""
+    """Stages ``grpo`` and ``ppo``: answers sampled from the policy, scored by rewards
+    (programmatic or a reward model). GRPO samples ``group_size`` answers per prompt; PPO one,
+    with a value head and GAE."""
 
-    group_size: int = Field(4, ge=2, description="answers sampled per prompt (one group)")
+    group_size: int = Field(4, ge=2, description="grpo: answers sampled per prompt (one group)")
     max_new_tokens: int = Field(16, gt=0, description="tokens per sampled answer at most")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the rollouts")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass of the rollouts")
     beta: float = Field(
-        0.04, ge=0, description="weight of the KL penalty to the reference (0: no reference)"
+        0.04,
+        ge=0,
+        description="weight of the KL penalty to the reference (0: no reference); ppo: the "
+        "initial coefficient of the per-token KL penalty in the reward",
     )
     clip_epsilon: float = Field(0.2, gt=0, lt=1, description="PPO-style ratio clipping")
+    ppo_epochs: int = Field(4, ge=1, description="ppo: optimisation passes over each rollout")
+    mini_batches: int = Field(
+        1, ge=1, description="ppo: optimizer steps per pass (the rollout split into as many parts)"
+    )
+    gamma: float = Field(1.0, ge=0, le=1, description="ppo: discount of future rewards")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="ppo: GAE's bias-variance lambda")
+    value_coef: float = Field(0.1, ge=0, description="ppo: weight of the value loss")
+    value_head: Literal["detached", "shared"] = Field(
+        "detached",
+        description="ppo: the value loss trains the value head alone (detached) or the policy's "
+        "backbone too (shared, as TRL's value-head model)",
+    )
+    value_clip: float = Field(
+        0.2, gt=0, description="ppo: how far a value may move from its rollout value (clipped loss)"
+    )
+    kl_target: float | None = Field(
+        None,
+        gt=0,
+        description="ppo: adaptive KL controller (Ziegler et al. 2019) steering the summed "
+        "per-answer KL to this value; null: the coefficient stays at beta",
+    )
+    kl_horizon: int = Field(10_000, gt=0, description="ppo: the adaptive controller's horizon")
+    whiten_advantages: bool = Field(
+        True, description="ppo: advantages shifted and scaled to mean 0, std 1 per rollout"
+    )
     scale_rewards: bool = Field(
         True, description="divide each group's advantages by its reward std (GRPO); false: Dr. GRPO"
     )

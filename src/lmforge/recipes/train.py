@@ -233,11 +233,14 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
         train_cfg = cfg.train.model_copy(update={"resume": "never"}) if cfg.force else cfg.train
         run.metrics.update(train_loop(model, train.units, val.units, train_cfg, opts))
 
+        extra = plan.finish(model, run.dir, main) if plan.finish else None  # PPO: value head
         out = save_model(
             model, tokenizer, run.dir / MODEL_SUBDIR, base_dir, strategy, cfg.adapter, plan
         )
         if main:
             run.add_output(out, "model")
+            if extra is not None:
+                run.add_output(extra, Path(extra).stem)
             run.add_output(run.dir / "metrics.jsonl", "metrics")
     if main:
         print(f"lmforge: {cfg.stage} run finished: {out}")

@@ -31,22 +31,12 @@ from __future__ import annotations
 
 import torch
 
-from lmforge.rl.rewards import Completion, RewardModel, exact_match_reward, total_reward
-from lmforge.rl.rollouts import sample_answers
+from lmforge.rl.rewards import RewardScorer
+from lmforge.rl.rollouts import prompts_and_references, sample_answers
 from lmforge.training.collate import IGNORE, Piece, Unit, unit_targets
 from lmforge.training.objectives.base import Tallied
 from lmforge.training.objectives.logprobs import target_logprobs
 from lmforge.training.objectives.preference import Reference
-
-
-def text_after_eos(tokenizer) -> str:
-    """What the chat template writes after an assistant turn's EOS (ChatML: a newline): part of
-    every rendered turn a reward model was trained on, and so of what it scores."""
-    from lmforge.tokenizer.templates import render
-
-    turn = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
-    text, eos = render(tokenizer, turn), tokenizer.eos_token
-    return text[text.rindex(eos) + len(eos) :] if eos and eos in text else ""
 
 
 def group_advantages(rewards: torch.Tensor, scale: bool) -> torch.Tensor:
@@ -69,56 +59,22 @@ class GRPOLoss(Tallied):
         self.seed = seed
         self.reference = Reference(model, self.hf) if rl.beta > 0 else None
         self.preparer = self._rollouts
-        self.scores_exact = any(r.type == "exact_match" for r in rl.rewards)
-        self._reward_models: dict[str, RewardModel] = {}  # loaded at the first rollout
-        self._after_eos = text_after_eos(tokenizer)
+        self.scorer = RewardScorer(tokenizer, rl.rewards)
 
     def weight(self, unit: Unit) -> int:
         return unit_targets(unit)  # answer tokens (the advantage is the pieces' weight)
 
     def _rollouts(self, units: list[Unit], step: int) -> list[Unit]:
         training = self.training
-        prompts = [[int(t) for t in u[0].ids] for u in units]  # cached units hold arrays
-        references = [  # the second piece (encoders.rl_prompt_pieces)
-            self.tokenizer.decode([int(t) for t in u[1].ids], skip_special_tokens=True)
-            for u in units
-        ]
+        prompts, references = prompts_and_references(units, self.tokenizer)
         g = self.rl.group_size
         answers = sample_answers(
             self.model, self.tokenizer, prompts, g, self.rl, seed=self.seed * 1_000_003 + step
         )
-        rewards = torch.tensor(
-            [
-                [
-                    total_reward(Completion(a.text, len(a.ids), references[i]), self.rl.rewards)
-                    for a in answers[i]
-                ]
-                for i in range(len(units))
-            ],
-            dtype=torch.float32,
-        ).view(len(units), g)
-        for spec in self.rl.rewards:
-            if spec.type == "model":  # the text as rm training rendered it (after_eos too)
-                texts = [
-                    self.tokenizer.decode(prompts[i] + a.ids)
-                    + (self._after_eos if a.finished else "")
-                    for i in range(len(units))
-                    for a in answers[i]
-                ]
-                scores = torch.tensor(self._reward_model(spec.path).score(texts))
-                rewards += spec.weight * scores.view(len(units), g)
+        device = next(self.model.parameters()).device
+        rewards, stats = self.scorer.score(prompts, answers, references, device)
         advantages = group_advantages(rewards, self.rl.scale_rewards)
-        stats = {
-            "reward": rewards.flatten(),
-            "reward_std": rewards.std(dim=1, unbiased=False),
-            "answer_tokens": torch.tensor([float(len(a.ids)) for row in answers for a in row]),
-        }
-        if self.scores_exact:
-            stats["exact_match"] = torch.tensor(
-                [exact_match_reward(Completion(a.text, 0, references[i])) for i, row in
-                 enumerate(answers) for a in row]
-            )  # fmt: skip
-        self._add(training, **stats)
+        self._add(training, reward_std=rewards.std(dim=1, unbiased=False), **stats)
         out = []
         for i, prompt in enumerate(prompts):
             unit = []
@@ -128,12 +84,6 @@ class GRPOLoss(Tallied):
                 unit.append(Piece.from_labels(ids, labels, adv))
             out.append(unit)
         return out
-
-    def _reward_model(self, path: str) -> RewardModel:
-        if path not in self._reward_models:
-            device = next(self.model.parameters()).device
-            self._reward_models[path] = RewardModel(path, device)
-        return self._reward_models[path]
 
     def forward(
         self,

@@ -1,5 +1,6 @@
-"""Programmatic rewards for completions (stage ``grpo``): each maps a completion's text and the
-row's reference answer to a number, and ``rl.rewards`` in the config sums them with weights.
+"""Rewards for sampled completions (stages ``grpo`` and ``ppo``): each maps a completion's text
+and the row's reference answer to a number, and ``rl.rewards`` in the config sums them with
+weights.
 
 - ``exact_match``: 1 when the completion equals the reference after ``eval.exact_match``'s
   normalisation (case, surrounding whitespace and punctuation), else 0;
@@ -12,6 +13,8 @@ row's reference answer to a number, and ``rl.rewards`` in the config sums them w
 
 Length alone cannot earn the exact-match reward, and the format reward is earned by every
 well-formed answer, right or wrong: a run's accuracy is the exact-match rate it logs.
+:class:`RewardScorer` is what both stages call after a rollout: every configured term for every
+sampled answer, and the statistics they log.
 """
 
 from __future__ import annotations
@@ -96,3 +99,67 @@ class RewardModel:
             ).to(self.device)
             out.extend(self.model(**batch).logits[:, 0].float().tolist())
         return out
+
+
+def text_after_eos(tokenizer) -> str:
+    """What the chat template writes after an assistant turn's EOS (ChatML: a newline): part of
+    every rendered turn a reward model was trained on, and so of what it scores."""
+    from lmforge.tokenizer.templates import render
+
+    turn = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    text, eos = render(tokenizer, turn), tokenizer.eos_token
+    return text[text.rindex(eos) + len(eos) :] if eos and eos in text else ""
+
+
+class RewardScorer:
+    """The summed ``rl.rewards`` of sampled answers: programmatic terms per answer, reward models
+    (loaded at first use, on the policy's device) in batches over the rendered conversations."""
+
+    def __init__(self, tokenizer, specs: Sequence):
+        self.tokenizer = tokenizer
+        self.specs = list(specs)
+        self.scores_exact = any(s.type == "exact_match" for s in self.specs)
+        self._models: dict[str, RewardModel] = {}
+        self._after_eos = text_after_eos(tokenizer)
+
+    def score(
+        self,
+        prompts: list[list[int]],
+        answers: list[list],
+        references: list[str | None],
+        device: torch.device,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(rewards (prompts, answers per prompt), statistics)`` for ``answers[i]`` (each a
+        ``rollouts.Answer``) sampled from ``prompts[i]``; the statistics are ``reward``,
+        ``answer_tokens`` and, with an exact-match term, ``exact_match`` per answer."""
+        flat = [(i, a) for i, row in enumerate(answers) for a in row]
+        shape = (len(answers), len(answers[0]) if answers else 0)
+        rewards = torch.tensor(
+            [
+                total_reward(Completion(a.text, len(a.ids), references[i]), self.specs)
+                for i, a in flat
+            ],
+            dtype=torch.float32,
+        )
+        for spec in self.specs:
+            if spec.type == "model":  # the text as rm training rendered it (after_eos too)
+                texts = [
+                    self.tokenizer.decode(prompts[i] + a.ids)
+                    + (self._after_eos if a.finished else "")
+                    for i, a in flat
+                ]
+                rewards += spec.weight * torch.tensor(self._model(spec.path, device).score(texts))
+        stats = {
+            "reward": rewards,
+            "answer_tokens": torch.tensor([float(len(a.ids)) for _, a in flat]),
+        }
+        if self.scores_exact:
+            stats["exact_match"] = torch.tensor(
+                [exact_match_reward(Completion(a.text, 0, references[i])) for i, a in flat]
+            )
+        return rewards.view(shape), stats
+
+    def _model(self, path: str, device: torch.device) -> RewardModel:
+        if path not in self._models:
+            self._models[path] = RewardModel(path, device)
+        return self._models[path]

@@ -58,3 +58,13 @@ def sample_answers(
         ids, finished = cut_at_end(ids, eos_ids)
         answers.append(Answer(ids, tokenizer.decode(ids, skip_special_tokens=True), finished))
     return [answers[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def prompts_and_references(units, tokenizer) -> tuple[list[list[int]], list[str]]:
+    """The prompt ids and reference texts of ``[prompt, reference]`` units
+    (``training.encoders.rl_prompt_pieces``; cached units hold arrays, hence the ``int``)."""
+    prompts = [[int(t) for t in u[0].ids] for u in units]
+    references = [
+        tokenizer.decode([int(t) for t in u[1].ids], skip_special_tokens=True) for u in units
+    ]
+    return prompts, references

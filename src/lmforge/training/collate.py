@@ -11,6 +11,9 @@ pretraining block (pieces of consecutive documents). A micro-batch becomes tenso
   (objectives that compare pieces of a unit, like contrastive pairs, read it)
 - ``weights``      ``(rows, L)`` float32, each position's piece weight (0 on padding); only
   present when some piece has a weight other than 1 (``data.task_weights``, stage sft)
+- ``token_values`` ``{name: (rows, L) float32}``, per-position numbers the pieces carry (0 on
+  padding); only present when some piece has ``values`` (stage ppo: each answer token's
+  old log-probability, value, advantage and return, made by the rollout phase)
 
 Two packed layouts keep attention inside each piece:
 
@@ -46,6 +49,9 @@ class Piece:
     # each target's loss is multiplied by it and it counts this many times in the normaliser
     # (``data.task_weights``: the weight of the piece's task)
     weight: float = 1.0
+    # per-position numbers aligned with ``ids`` (e.g. PPO's advantage of the token each
+    # position predicts); every piece of a batch that has them has the same names
+    values: dict[str, list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -83,6 +89,8 @@ def collate(rows: list[list[Piece]], pad_id: int) -> dict[str, torch.Tensor]:
     tgt = torch.full((len(rows), length), IGNORE, dtype=torch.long)
     weighted = any(p.weight != 1.0 for row in rows for p in row)
     weights = torch.zeros((len(rows), length)) if weighted else None
+    names = sorted({k for row in rows for p in row for k in p.values or {}})
+    values = {k: torch.zeros((len(rows), length)) for k in names}
     for r, row in enumerate(rows):
         start = 0
         for piece in row:
@@ -92,11 +100,15 @@ def collate(rows: list[list[Piece]], pad_id: int) -> dict[str, torch.Tensor]:
             tgt[r, start:end] = torch.tensor(piece.targets)
             if weights is not None:
                 weights[r, start:end] = piece.weight
+            for k in names:
+                values[k][r, start:end] = torch.tensor(piece.values[k], dtype=torch.float32)
             start = end
         pos[r, start:] = torch.arange(length - start)  # padding: a sequence of its own
     batch = {"input_ids": ids, "position_ids": pos, "targets": tgt}
     if weights is not None:
         batch["weights"] = weights
+    if values:
+        batch["token_values"] = values
     return batch
 
 

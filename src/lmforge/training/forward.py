@@ -44,29 +44,39 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
+def precision(device: torch.device, autocast_dtype):
+    """Autocast to ``autocast_dtype`` on ``device``, or nothing for fp32 (None)."""
+    if autocast_dtype:
+        return torch.autocast(device.type, dtype=autocast_dtype)
+    return contextlib.nullcontext()
+
+
+def batch_tensors(batch: dict, device: torch.device) -> tuple[list[torch.Tensor], dict]:
+    """``([input_ids, position_ids, targets], attention kwargs)`` of a micro-batch on ``device``."""
+    tensors = [batch[k].to(device) for k in ("input_ids", "position_ids", "targets")]
+    attention = {
+        k: v.to(device) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.get("attention", {}).items()
+    }
+    return tensors, attention
+
+
 def token_loss_sum(
     objective: torch.nn.Module, batch: dict, autocast_dtype, return_predictions: bool = False
 ) -> tuple:
     """The objective's summed loss over the batch and its count (target tokens for the token
     losses); with ``return_predictions`` also the predicted and gold class of every target."""
     device = next(objective.parameters()).device
-    ctx = (
-        torch.autocast(device.type, dtype=autocast_dtype)
-        if autocast_dtype
-        else contextlib.nullcontext()
-    )
-    attention = {
-        k: v.to(device) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.get("attention", {}).items()
-    }
+    ctx = precision(device, autocast_dtype)
+    tensors, attention = batch_tensors(batch, device)
     extra = {"return_predictions": True} if return_predictions else {}
     if "weights" in batch:  # data.task_weights (see collate)
         extra["weights"] = batch["weights"].to(device)
+    if "token_values" in batch:  # per-position numbers of the pieces (stage ppo)
+        extra["token_values"] = {k: v.to(device) for k, v in batch["token_values"].items()}
     with ctx:
         return objective(
-            batch["input_ids"].to(device),
-            batch["position_ids"].to(device),
-            batch["targets"].to(device),
+            *tensors,
             unit_sizes=batch.get("unit_sizes"),
             **attention,
             **extra,

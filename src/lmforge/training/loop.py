@@ -83,7 +83,9 @@ class MetricsLog:
     @classmethod
     def open(cls, run_dir: Path, resume_step: int, tensorboard: str) -> MetricsLog:
         path = run_dir / "metrics.jsonl"
-        if path.exists():
+        if path.exists() and resume_step == 0:  # a fresh start (even its step-0 evaluation)
+            path.write_text("")
+        elif path.exists():
             kept = [
                 ln
                 for ln in path.read_text().splitlines()
@@ -146,6 +148,7 @@ def train_loop(
     spec = opts.objective(model).to(device)  # the unwrapped objective: prepare, weight, flags
     layout = Layout.of(model, spec, opts)
     varlen = layout.varlen
+    spec.bind(layout, autocast_dtype, cfg.batch_size)  # for forwards of its own (PPO rollouts)
     # DDP/FSDP2 wrap the objective; FSDP2 swaps parameters for shards, so the optimizer comes after
     objective, optimizer = strategy.prepare(spec, lambda: build_optimizer(model, cfg))
     # model FLOPs utilisation: useful FLOPs (see ``flops``) against a matmul peak measured now
@@ -175,6 +178,7 @@ def train_loop(
         state, resume_from = restored
         start_step = state.pop("step")
         watch.load_state_dict(state.pop("eval_watch", None))
+        spec.load_loop_state(state.pop("objective", {}))
         _check_same_trajectory(state.pop("trajectory", {}), opts.trajectory, resume_from)
         check_data_position(state, start_step, steps_per_epoch, resume_from)
         if strategy.is_main:
@@ -226,36 +230,34 @@ def train_loop(
                 [train_units[i] for i in order[position * per_step : (position + 1) * per_step]],
                 step,
             )
-            # this rank's micro-batches of the step, and weight-0 padding passes (distributed)
-            shares = strategy.share(range(0, len(chosen), cfg.batch_size))
-            batches = [layout.batch(chosen[i : i + cfg.batch_size]) for i, _ in shares]
-            n_targets = sum(spec.weight(u) for u in chosen)  # the whole step's, on every rank
-            # (a float under data.task_weights, possibly below 1: only an empty step is 1)
-            normaliser = n_targets if n_targets > 0 else 1
             lr = lr_at(step, total, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            step_loss, slots = 0.0, 0
-            for k, (batch, (_, weight)) in enumerate(zip(batches, shares, strict=True)):
-                with strategy.sync(objective, last=k == len(batches) - 1):
-                    loss, _ = token_loss_sum(objective, batch, autocast_dtype)
-                    # DDP and FSDP2 average gradients over ranks: x world_size makes it the sum
-                    scaled = loss * (weight * strategy.world_size) / normaliser
-                    strategy.backward(scaler.scale(scaled) if scaler else scaled)
-                if weight:
-                    step_loss += float(loss.detach())
-                    slots += batch["input_ids"].numel()
-                del loss, scaled
-            step_loss, slots = strategy.sum_over_ranks([step_loss, slots])
-            if not math.isfinite(step_loss):
-                raise RunFailed(
-                    f"loss became {step_loss} at step {step + 1}; lower train.lr or check the data"
+            step_loss, slots, n_targets, tokens, step_flops = 0.0, 0, 0, 0, 0
+            for part in spec.passes(chosen, step):  # one optimizer step each (PPO: several)
+                part_loss, part_targets, part_slots, grad_norm = _optimizer_step(
+                    objective,
+                    spec,
+                    part,
+                    layout,
+                    optimizer,
+                    params,
+                    scaler,
+                    autocast_dtype,
+                    cfg,
+                    strategy,
                 )
-            grad_norm = strategy.step(optimizer, params, cfg.max_grad_norm, scaler)
-            tokens = sum(unit_tokens(u) for u in chosen)
-            # only target positions reach the output layer (``objective``)
-            step_flops = flops.training_flops((len(p) for u in chosen for p in u), n_targets)
+                if not math.isfinite(part_loss):
+                    raise RunFailed(
+                        f"loss became {part_loss} at step {step + 1}; lower train.lr or check "
+                        "the data"
+                    )
+                step_loss += part_loss
+                slots += part_slots
+                n_targets += part_targets
+                tokens += sum(unit_tokens(u) for u in part)
+                # only target positions reach the output layer (``objective``)
+                step_flops += flops.training_flops((len(p) for u in part for p in u), part_targets)
             seconds = time.perf_counter() - t0
             state["tokens"] += tokens
             state["slots"] += int(slots)
@@ -319,6 +321,7 @@ def train_loop(
                         "window": window,
                         "trajectory": opts.trajectory,
                         "eval_watch": watch.state_dict(),
+                        "objective": spec.loop_state(),
                     },
                     cfg.keep_last,
                     strategy,
@@ -349,6 +352,37 @@ def train_loop(
     if "train_loss" not in result and log.rows:
         result["train_loss"] = next((r["loss"] for r in reversed(log.rows) if "loss" in r), None)
     return result
+
+
+def _optimizer_step(
+    objective, spec, units, layout, optimizer, params, scaler, autocast_dtype, cfg, strategy
+) -> tuple[float, int | float, int, float]:
+    """One optimizer step over ``units``, shared out as this rank's micro-batches: the summed
+    loss and target count of the whole step over all ranks, its tensor slots, the gradient
+    norm."""
+    # this rank's micro-batches of the step, and weight-0 padding passes (distributed)
+    shares = strategy.share(range(0, len(units), cfg.batch_size))
+    batches = [layout.batch(units[i : i + cfg.batch_size]) for i, _ in shares]
+    n_targets = sum(spec.weight(u) for u in units)  # the whole step's, on every rank
+    # (a float under data.task_weights, possibly below 1: only an empty step is 1)
+    normaliser = n_targets if n_targets > 0 else 1
+    optimizer.zero_grad(set_to_none=True)
+    step_loss, slots = 0.0, 0
+    for k, (batch, (_, weight)) in enumerate(zip(batches, shares, strict=True)):
+        with strategy.sync(objective, last=k == len(batches) - 1):
+            loss, _ = token_loss_sum(objective, batch, autocast_dtype)
+            # DDP and FSDP2 average gradients over ranks: x world_size makes it the sum
+            scaled = loss * (weight * strategy.world_size) / normaliser
+            strategy.backward(scaler.scale(scaled) if scaler else scaled)
+        if weight:
+            step_loss += float(loss.detach())
+            slots += batch["input_ids"].numel()
+        del loss, scaled
+    step_loss, slots = strategy.sum_over_ranks([step_loss, slots])
+    if not math.isfinite(step_loss):  # no optimizer step on a broken loss
+        return step_loss, n_targets, int(slots), float("nan")
+    grad_norm = strategy.step(optimizer, params, cfg.max_grad_norm, scaler)
+    return step_loss, n_targets, int(slots), grad_norm
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -20,6 +20,7 @@ One loop trains every stage; a stage differs by what this module picks for it::
 | dpo | causal LM | [chosen, rejected] | preference.loss on answer log-probs |
 | kto | causal LM | [answer, another row's answer] | KTO (the second piece: the KL estimate) |
 | grpo | causal LM | [prompt, reference] -> G answers | clipped surrogate x advantage + KL |
+| ppo | causal LM + value head | [prompt, reference] -> 1 answer | clipped surrogate (GAE) + value |
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class StagePlan:
     pack_rows: bool = False  # sft on models without varlen: rows of data.max_length
     # the loss depends on how a step is split into micro-batches (in-batch negatives)
     batch_size_matters: bool = False
+    # (model, run folder, write) -> a file it saved: called after training, before the model
+    # is saved (PPO: its value head comes off the model into a file of its own)
+    finish: Callable[[torch.nn.Module, object, bool], object] | None = None
 
 
 def plan_stage(cfg, tokenizer) -> StagePlan:
@@ -102,8 +106,8 @@ def plan_stage(cfg, tokenizer) -> StagePlan:
         return _preference(cfg)
     if cfg.stage == "kto":
         return _kto(cfg)
-    if cfg.stage == "grpo":
-        return _grpo(cfg, tokenizer)
+    if cfg.stage in ("grpo", "ppo"):
+        return _rollouts(cfg, tokenizer)
     kind = pt_objective(cfg.objective.type, model_type(cfg.model))
     if kind == "clm":
         return StagePlan(
@@ -249,10 +253,9 @@ def _kto(cfg) -> StagePlan:
     return StagePlan("kto", "causal-lm", "CAUSAL_LM", encoder, make, chat=True)
 
 
-def _grpo(cfg, tokenizer) -> StagePlan:
-    """Units are prompts; the objective's rollout phase turns them into scored answers."""
-    from lmforge.rl.grpo import GRPOLoss
-
+def _rollouts(cfg, tokenizer) -> StagePlan:
+    """Stages grpo and ppo: units are prompts; the objective's rollout phase turns them into
+    scored answers. PPO's value head is saved beside the model (``finish``)."""
     rl = cfg.rl
     needs_reference = any(r.type == "exact_match" for r in rl.rewards)
     encoder = Encoder(
@@ -261,11 +264,25 @@ def _grpo(cfg, tokenizer) -> StagePlan:
         settings={"needs_reference": needs_reference},
         needs_targets=False,
     )
+    if cfg.stage == "grpo":
+        from lmforge.rl.grpo import GRPOLoss as loss
+
+        finish = None
+    else:
+        from lmforge.rl.ppo import PPOLoss as loss
+        from lmforge.rl.ppo import detach_value_head as finish
+
+        if rl.mini_batches > cfg.train.batch_size * cfg.train.grad_accum:
+            raise ConfigError(
+                f"rl.mini_batches={rl.mini_batches} splits each rollout of "
+                f"{cfg.train.batch_size * cfg.train.grad_accum} answers (train.batch_size x "
+                "train.grad_accum) into more parts than it has: lower it"
+            )
 
     def make(model: torch.nn.Module) -> Objective:
-        return GRPOLoss(model, tokenizer, rl, seed=cfg.train.seed)
+        return loss(model, tokenizer, rl, seed=cfg.train.seed)
 
-    return StagePlan("grpo", "causal-lm", "CAUSAL_LM", encoder, make, chat=True)
+    return StagePlan(cfg.stage, "causal-lm", "CAUSAL_LM", encoder, make, chat=True, finish=finish)
 
 
 def _has_dropout(model: torch.nn.Module) -> bool:

@@ -7,11 +7,18 @@ optimizer step's normaliser, so gradient accumulation and the number of processe
 change the gradient. Per optimizer step the loop calls::
 
     units = objective.prepare(units, step)            # e.g. masked LM: mask ~15% of tokens
-    normaliser = sum(objective.weight(u) for u in units)
-    loss, count = wrapped(input_ids, position_ids, targets, unit_sizes=..., **attention)
+    for group in objective.passes(units, step):       # one optimizer step each (default: 1)
+        normaliser = sum(objective.weight(u) for u in group)
+        loss, count = wrapped(input_ids, position_ids, targets, unit_sizes=..., **attention)
 
 ``prepare`` must be a pure function of the units and the step (seeded, the same on every
 rank), so that a resumed run and every process of a distributed one see the same targets.
+``passes`` lets one prepared step take several optimizer steps (PPO: epochs of mini-batches
+over one rollout); checkpoints fall between loop steps, so nothing of a step needs saving. What
+an objective carries from step to step (PPO's adaptive KL coefficient) it gives as
+``loop_state()`` for the checkpoint and takes back in ``load_loop_state``. Before the first
+step the loop calls ``bind`` with the micro-batch layout and precision, for objectives that run
+forwards of their own while preparing (PPO scores its rollouts).
 """
 
 from __future__ import annotations
@@ -65,6 +72,23 @@ class Objective(torch.nn.Module):
         """The units of optimizer step ``step`` as the loss sees them (default: unchanged).
         Evaluation passes ``step = -1 - k`` for its k-th micro-batch."""
         return self.preparer(units, step) if self.preparer is not None else units
+
+    def passes(self, units: list[Unit], step: int) -> list[list[Unit]]:
+        """The optimizer steps loop step ``step`` takes, each over a list of the prepared
+        ``units`` (default: one over all of them)."""
+        return [units]
+
+    def bind(self, layout, autocast_dtype, batch_size: int) -> None:
+        """Called by the loop before training: how it turns units into micro-batches
+        (``forward.Layout``), its autocast dtype (None: fp32) and ``train.batch_size``."""
+        self.layout, self.autocast_dtype, self.batch_size = layout, autocast_dtype, batch_size
+
+    def loop_state(self) -> dict:
+        """What the objective carries across steps, JSON-serialisable, for checkpoints."""
+        return {}
+
+    def load_loop_state(self, state: dict) -> None:
+        """Take back :meth:`loop_state` from a checkpoint."""
 
     def weight(self, unit: Unit) -> int | float:
         """This unit's share of a step's normaliser (default: its target tokens, each counted

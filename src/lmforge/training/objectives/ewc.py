@@ -90,6 +90,18 @@ class EWCLoss(Objective):
     def weight(self, unit: Unit) -> int | float:
         return self.inner.weight(unit)
 
+    def passes(self, units: list[Unit], step: int) -> list[list[Unit]]:
+        return self.inner.passes(units, step)
+
+    def bind(self, layout, autocast_dtype, batch_size: int) -> None:
+        self.inner.bind(layout, autocast_dtype, batch_size)
+
+    def loop_state(self) -> dict:
+        return self.inner.loop_state()
+
+    def load_loop_state(self, state: dict) -> None:
+        self.inner.load_loop_state(state)
+
     def forward(self, *args, **kwargs) -> tuple:
         out = self.inner(*args, **kwargs)
         if not self.training or self.lam == 0:

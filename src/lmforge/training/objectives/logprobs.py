@@ -76,6 +76,40 @@ def token_logprobs(hidden, weight, bias, targets, chunk: int | None = None) -> t
     return TokenLogProbs.apply(hidden, weight, bias, targets, chunk)
 
 
+@torch.no_grad()
+def token_logprobs_entropy(
+    hidden, weight, bias, targets, chunk: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Without gradient: the target log-probability and the entropy of the predicted
+    distribution at every row, chunk by chunk (rollout statistics)."""
+    chunk = chunk or max(16, CHUNK_ELEMENTS // weight.shape[0])
+    logp = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+    entropy = torch.empty_like(logp)
+    for start in range(0, hidden.shape[0], chunk):
+        logits = F.linear(hidden[start : start + chunk], weight, bias).float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        t = targets[start : start + chunk]
+        logp[start : start + chunk] = log_probs.gather(1, t[:, None]).squeeze(1)
+        entropy[start : start + chunk] = -(log_probs.exp() * log_probs).sum(-1)
+    return logp, entropy
+
+
+def target_hidden(
+    hf: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    targets: torch.Tensor,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(last hidden state at every target position, the targets)``, in row-major order of
+    ``targets != -100``: the decoder's output, before the output layer."""
+    keep, wanted = kept(targets)
+    hidden = hf.get_decoder()(
+        input_ids=input_ids, position_ids=position_ids, use_cache=False, **kwargs
+    ).last_hidden_state[keep]
+    return hidden, wanted
+
+
 def piece_ids(
     targets: torch.Tensor,
     cu_seq_lens: torch.Tensor | None = None,
@@ -106,13 +140,11 @@ def target_logprobs(
     ``model`` is what is called (a PEFT wrapper, or the model itself); ``hf`` the transformers
     model inside it, whose decoder and head the fused path uses.
     """
-    keep, wanted = kept(targets)
     if plain_head(hf):
-        hidden = hf.get_decoder()(
-            input_ids=input_ids, position_ids=position_ids, use_cache=False, **kwargs
-        ).last_hidden_state[keep]
+        hidden, wanted = target_hidden(hf, input_ids, position_ids, targets, **kwargs)
         head = hf.get_output_embeddings()
         return token_logprobs(hidden, head.weight, head.bias, wanted)
+    keep, wanted = kept(targets)
     logits = model(
         input_ids=input_ids,
         position_ids=position_ids,
