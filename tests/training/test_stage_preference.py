@@ -1,7 +1,8 @@
-"""Stages rm and dpo end to end on tiny models: the reward model learns the preference and saves a
-plain transformers scorer; DPO raises the chosen-minus-rejected margin on held-out pairs, starts
-from an SFT adapter merged into its base (its reference: the new adapter switched off), runs every
-loss, and bad rows and settings give the expected errors."""
+"""Stages rm, dpo and kto end to end on tiny models: the reward model learns the preference and
+saves a plain transformers scorer; DPO raises the chosen-minus-rejected margin on held-out pairs,
+starts from an SFT adapter merged into its base (its reference: the new adapter switched off),
+runs every loss, and bad rows and settings give the expected errors. The parity pairs, the SFT
+models and the reward model are session fixtures (``conftest``) that the RL stages share."""
 
 from __future__ import annotations
 
@@ -32,54 +33,13 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory) -> dict[str, Path]:
-    """Parity pairs (the correct label chosen, the other rejected), English and Chinese."""
-    folder = tmp_path_factory.mktemp("pairs")
-    rows = make_pairs(120, seed=0, tasks=("en_parity", "zh_parity"))
-    return {
-        "train": write_pairs(folder / "train.jsonl", rows[:200]),
-        "val": write_pairs(folder / "val.jsonl", rows[200:]),
-    }
-
-
-def _common(tokenizer_dir, pairs, out) -> list[str]:
-    return [
-        f"model.tokenizer={tokenizer_dir}",
-        f"data.train=[{pairs['train']}]",
-        f"data.validation=[{pairs['val']}]",
-        "data.max_length=64",
-        "train.batch_size=8",
-        "train.log_every=5",
-        f"output_dir={out}",
-    ]
-
-
-@pytest.fixture(scope="module")
-def sft_lora(tokenizer_dir, pairs, tmp_path_factory) -> Path:
-    """A short LoRA SFT on the correct answers: the starting point of DPO."""
-    out = tmp_path_factory.mktemp("sft")
-    _train(
-        [
-            "stage=sft",
-            "model.preset=tiny-llama",
-            *_common(tokenizer_dir, pairs, out),
-            "adapter.type=lora",
-            "adapter.rank=8",
-            "train.max_steps=30",
-            "train.lr=3e-3",
-        ]
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
-def dpo_lora(sft_lora, tokenizer_dir, pairs, tmp_path_factory) -> Path:
+def dpo_lora(sft_lora, tokenizer_dir, pairs, pair_args, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dpo")
     _train(
         [
             "stage=dpo",
             f"model.path={sft_lora / 'model'}",
-            *_common(tokenizer_dir, pairs, out)[1:],
+            *pair_args(tokenizer_dir, pairs, out)[1:],
             "model.tokenizer=null",
             "adapter.type=lora",
             "adapter.rank=8",
@@ -138,7 +98,7 @@ def test_dpo_starts_from_the_sft_adapter_and_disabling_its_own_gives_the_referen
 
 
 @pytest.mark.parametrize("loss", ["robust", "hinge", "ipo", "simpo", "orpo"])
-def test_every_dpo_loss_trains(loss, tokenizer_dir, pairs, tmp_path) -> None:
+def test_every_dpo_loss_trains(loss, tokenizer_dir, pairs, pair_args, tmp_path) -> None:
     """Full-batch steps on 16 fixed pairs: each loss goes down and the margin up."""
     extra = {
         "robust": ["preference.label_smoothing=0.1"],
@@ -149,7 +109,7 @@ def test_every_dpo_loss_trains(loss, tokenizer_dir, pairs, tmp_path) -> None:
         [
             "stage=dpo",
             "model.preset=tiny-llama",
-            *_common(tokenizer_dir, pairs, tmp_path),
+            *pair_args(tokenizer_dir, pairs, tmp_path),
             f"preference.loss={loss}",
             *extra,
             "data.max_examples=16",
@@ -164,23 +124,6 @@ def test_every_dpo_loss_trains(loss, tokenizer_dir, pairs, tmp_path) -> None:
     rows = [r for r in _metrics(tmp_path) if "loss" in r]
     assert rows[-1]["loss"] < rows[0]["loss"], rows
     assert rows[-1]["reward_margin"] > rows[0]["reward_margin"], rows
-
-
-@pytest.fixture(scope="module")
-def reward_model(sft_lora, tokenizer_dir, pairs, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rm")
-    _train(
-        [
-            "stage=rm",
-            f"model.path={sft_lora / 'model'}",  # a reward model starts from the SFT model
-            *_common(tokenizer_dir, pairs, out)[1:],
-            "train.max_steps=300",
-            "train.lr=3e-3",
-            "train.eval_every=150",
-            "train.log_every=25",
-        ]
-    )
-    return out
 
 
 def test_reward_model_learns_the_preference(reward_model) -> None:
@@ -337,85 +280,84 @@ def test_kto_learns_from_answers_labelled_good_or_bad(tokenizer_dir, pairs, tmp_
     assert manifest["counts"]["train_units"] == 16
 
 
-@pytest.fixture(scope="module")
-def sft_full(tokenizer_dir, pairs, tmp_path_factory) -> Path:
-    """Full SFT long enough to answer in the task's format (even/odd, 奇数/偶数) and stop, but
-    not to be right every time (120 steps reach ~93%: nothing left for RL)."""
-    out = tmp_path_factory.mktemp("sft-full")
+def test_dpo_raises_a_style_preference_in_sampled_answers(tokenizer_dir, pairs, tmp_path) -> None:
+    """A preference SFT left undecided: the SFT data answers half the prompts "even" and half
+    "The answer is even.", and the pairs prefer the long form with the same content. DPO (with
+    the chosen answers' NLL, sft_weight 1) raises the held-out log-probability margin and the
+    share of *sampled* answers in the preferred style (recorded run: 0.34 -> 0.88, margin
+    -0.59 -> 7.76)."""
+    from types import SimpleNamespace
+
+    from lmforge.config.groups import GenerationConfig
+    from lmforge.rl.rollouts import sample_answers
+    from lmforge.serve.generate import encode_prompts
+
+    def long(answer: str) -> str:
+        return f"The answer is {answer}."
+
+    def rows(split: str) -> list[dict]:
+        return [json.loads(x) for x in pairs[split].read_text("utf-8").splitlines()]
+
+    def write(path: Path, items: list[dict]) -> Path:
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items), "utf-8")
+        return path
+
+    train, val = rows("train"), rows("val")
+    sft_rows = [
+        {"instruction": r["instruction"], "output": long(r["chosen"]) if i % 2 else r["chosen"]}
+        for i, r in enumerate(train)
+    ]
+
+    def styled(items):
+        return [
+            {"instruction": r["instruction"], "chosen": long(r["chosen"]), "rejected": r["chosen"]}
+            for r in items
+        ]
+
+    sft, dpo = tmp_path / "sft", tmp_path / "dpo"
+    common = ["data.max_length=64", "train.batch_size=8", "train.log_every=10"]
     _train(
         [
             "stage=sft",
             "model.preset=tiny-llama",
-            *_common(tokenizer_dir, pairs, out),
+            f"model.tokenizer={tokenizer_dir}",
+            f"data.train=[{write(tmp_path / 'sft.jsonl', sft_rows)}]",
             "train.max_steps=80",
             "train.lr=3e-3",
+            f"output_dir={sft}",
+            *common,
         ]
     )
-    return out
-
-
-def test_grpo_raises_the_exact_match_reward(sft_full, pairs, tmp_path) -> None:
-    """From an early SFT model (the right format, right ~60% of the time), GRPO with an
-    exact-match reward on sampled answers: the reward of the last steps beats the first steps',
-    the held-out exact match (sampled answers, eval_on_start as the baseline) rises, and the KL
-    to the reference (the SFT model) stays small."""
-    out = tmp_path / "grpo"
     _train(
         [
-            "stage=grpo",
-            f"model.path={sft_full}",
-            f"data.train=[{pairs['train']}]",
-            f"data.validation=[{pairs['val']}]",
-            "data.max_length=64",
-            "adapter.type=full",
-            "rl.group_size=4",
-            "rl.max_new_tokens=6",
-            "rl.beta=0.04",
-            "train.batch_size=8",
-            "train.max_steps=40",
+            "stage=dpo",
+            f"model.path={sft}",
+            f"data.train=[{write(tmp_path / 'train.jsonl', styled(train))}]",
+            f"data.validation=[{write(tmp_path / 'val.jsonl', styled(val))}]",
+            "adapter.type=lora",
+            "adapter.rank=8",
+            "preference.beta=0.1",
+            "preference.sft_weight=1.0",
+            "train.max_steps=60",
             "train.lr=1e-3",
-            "train.warmup_steps=0",
-            "train.log_every=5",
             "train.eval_on_start=true",
-            f"output_dir={out}",
+            f"output_dir={dpo}",
+            *common,
         ]
     )
-    rows = _metrics(out)
-    train = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if "eval_loss" in r]
-    early = sum(r["reward"] for r in train[:2]) / 2
-    late = sum(r["reward"] for r in train[-2:]) / 2
-    assert late > early + 0.1, [r["reward"] for r in train]
-    assert evals[-1]["eval_exact_match"] > evals[0]["eval_exact_match"], evals
-    assert max(r["kl"] for r in train) < 0.5, [r["kl"] for r in train]
+    start, end = [r for r in _metrics(dpo) if "eval_loss" in r]
+    assert end["eval_logp_margin"] > start["eval_logp_margin"] + 3, (start, end)
 
-
-def test_grpo_with_a_trained_reward_model(sft_full, reward_model, pairs, tmp_path) -> None:
-    """The reward is the rm run's score of each sampled answer in its conversation, and it
-    rises over the run: the policy learns what the reward model prefers. (Exact match rides
-    along at weight 0: in the recorded run it fell from 0.34 to 0.00 while the score rose,
-    the reward model being hacked at this small beta; docs/alignment.md.)"""
-    out = tmp_path / "grpo-rm"
-    _train(
-        [
-            "stage=grpo",
-            f"model.path={sft_full}",
-            f"data.train=[{pairs['train']}]",
-            "data.max_length=64",
-            "adapter.type=full",
-            "rl.group_size=4",
-            f"rl.rewards=[{{type: model, path: '{reward_model}'}}, "
-            "{type: exact_match, weight: 0}]",
-            "rl.max_new_tokens=6",
-            "train.batch_size=8",
-            "train.max_steps=80",
-            "train.lr=1e-3",
-            "train.warmup_steps=0",
-            "train.log_every=10",
-            f"output_dir={out}",
+    def style_rate(run_dir: Path) -> float:
+        model, tok = load_for_inference(ModelConfig(path=str(run_dir)), "cpu")
+        messages = [[{"role": "user", "content": r["instruction"]}] for r in val]
+        prompts = encode_prompts(tok, messages, GenerationConfig())
+        sampling = SimpleNamespace(max_new_tokens=12, temperature=1.0, top_p=1.0)
+        answers = [
+            a.text for row in sample_answers(model, tok, prompts, 4, sampling, 0) for a in row
         ]
-    )
-    rows = [r for r in _metrics(out) if "loss" in r]
-    rewards = [r["reward"] for r in rows]
-    assert sum(rewards[-3:]) / 3 > rewards[0] + 0.3, rewards
-    assert all("exact_match" in r for r in rows)
+        return sum(a.startswith("The answer is") for a in answers) / len(answers)
+
+    before, after = style_rate(sft), style_rate(dpo)
+    assert 0.1 < before < 0.7, before  # the SFT model is undecided
+    assert after > before + 0.3, (before, after)
