@@ -14,7 +14,7 @@ $(BIN)/python:
 # pip (not uv) finds the local CPU build of torch; constraints.txt pins every tested version.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[tensorboard,bench,dev,data,ray,semantic,dvc,qlora,sweep]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[tensorboard,bench,dev,data,ray,semantic,dvc,qlora,sweep,eval]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -93,8 +93,12 @@ def rolling_windows(seq: list[int], window: int, stride: int) -> list[tuple[list
     return out
 
 
-def _score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
-    """Sum of -log p of each window's targets (right padding is harmless: attention is causal)."""
+def score_targets(
+    model, batch: list[tuple[list[int], list[int]]], pad_id: int
+) -> list[tuple[float, bool]]:
+    """Per ``(model input, targets)``: ``-sum log p`` of the targets, which are the last
+    ``len(targets)`` next-token predictions of the input, and whether each target was the
+    argmax (lm-eval's ``is_greedy``). Right padding is harmless: attention is causal."""
     device = next(model.parameters()).device
     longest = max(len(inp) for inp, _ in batch)
     input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
@@ -106,12 +110,13 @@ def _score_batch(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -
     logits = model(
         input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False
     ).logits[:, -longest:]
-    nlls = []
+    out = []
     for row, (inp, targets) in enumerate(batch):
         logp = logits[row, len(inp) - len(targets) : len(inp)].float().log_softmax(-1)
-        picked = logp.gather(-1, torch.tensor(targets, device=logp.device).unsqueeze(-1))
-        nlls.append(-picked.double().sum().item())
-    return nlls
+        wanted = torch.tensor(targets, device=logp.device)
+        picked = logp.gather(-1, wanted.unsqueeze(-1))
+        out.append((-picked.double().sum().item(), bool((logp.argmax(-1) == wanted).all())))
+    return out
 
 
 @torch.no_grad()
@@ -141,8 +146,8 @@ def perplexity(
     with eval_mode(model):
         for start in range(0, len(jobs), batch_size):
             batch = jobs[start : start + batch_size]
-            scores = _score_batch(model, [(inp, targets) for _, inp, targets in batch], pad_id)
-            for (index, _, _), score in zip(batch, scores, strict=True):
+            scores = score_targets(model, [(inp, targets) for _, inp, targets in batch], pad_id)
+            for (index, _, _), (score, _) in zip(batch, scores, strict=True):
                 nll[index] += score
     return PerplexityResult(
         nll=math.fsum(nll),
