@@ -320,3 +320,53 @@ class ExactMatchConfig(Group):
     files: list[str] = Field(default_factory=list, description="instruction test files")
     max_examples: int | None = Field(None, gt=0, description="score at most this many")
     max_length: int = Field(512, gt=1, description="longest prompt accepted, in tokens")
+    metrics: list[Literal["exact_match", "bleu", "chrf", "rouge"]] = Field(
+        default_factory=lambda: ["exact_match"],
+        description="scores of each answer against its reference: exact_match (normalised), "
+        "bleu and chrf (sacrebleu; zh tokenizer for Chinese), rouge (ROUGE-1/2/L, CJK-aware)",
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _some_metric(cls, v):
+        if not v:
+            raise ValueError("list at least one of exact_match, bleu, chrf, rouge")
+        return list(dict.fromkeys(v))
+
+
+class MultipleChoiceConfig(Group):
+    files: list[str] = Field(
+        default_factory=list,
+        description='rows {"question", "choices": [...], "answer": index or choice}',
+    )
+    template: str = Field(
+        "Question: {question}\nAnswer:", description="the prompt, {question} filled in"
+    )
+    delimiter: str = Field(" ", description="text between the prompt and each choice")
+    max_length: int = Field(2048, gt=1, description="tokens the model reads per choice at most")
+    batch_size: int = Field(8, gt=0, description="choices scored together (speed only)")
+    max_examples: int | None = Field(None, gt=0, description="score at most this many")
+
+    @field_validator("template")
+    @classmethod
+    def _has_question(cls, v):
+        if "{question}" not in v:
+            raise ValueError("template must contain {question}")
+        return v
+
+
+class HarnessConfig(Group):
+    """lm-evaluation-harness tasks run on the model through lmforge's ``LM`` (offline)."""
+
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-eval task names: the shipped lmforge_* tasks (eval.local_tasks) or "
+        "tasks in include_path",
+    )
+    include_path: list[str] = Field(
+        default_factory=list, description="folders of your own lm-eval task YAMLs (local data)"
+    )
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples; null: task's")
+    limit: int | None = Field(None, gt=0, description="items per task at most")
+    max_length: int = Field(2048, gt=1, description="context the model reads at most")
+    batch_size: int = Field(8, gt=0, description="requests scored together (speed only)")

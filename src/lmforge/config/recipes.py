@@ -12,8 +12,10 @@ from lmforge.config.groups import (
     DistributedConfig,
     ExactMatchConfig,
     GenerationConfig,
+    HarnessConfig,
     LauncherConfig,
     ModelConfig,
+    MultipleChoiceConfig,
     PerplexityConfig,
     TokenizerConfig,
     TrackConfig,
@@ -145,7 +147,14 @@ class EvaluateRecipe(RecipeConfig):
     model: ModelConfig = Field(default_factory=ModelConfig, description="model to evaluate")
     perplexity: PerplexityConfig = Field(default_factory=PerplexityConfig, description="text ppl")
     exact_match: ExactMatchConfig = Field(
-        default_factory=ExactMatchConfig, description="instruction accuracy"
+        default_factory=ExactMatchConfig,
+        description="generation against references: exact match, BLEU, chrF, ROUGE",
+    )
+    multiple_choice: MultipleChoiceConfig = Field(
+        default_factory=MultipleChoiceConfig, description="choices scored by log-likelihood"
+    )
+    harness: HarnessConfig = Field(
+        default_factory=HarnessConfig, description="lm-evaluation-harness tasks, offline"
     )
     generation: GenerationConfig = Field(
         default_factory=lambda: GenerationConfig(max_new_tokens=16),

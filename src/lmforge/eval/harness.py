@@ -22,7 +22,10 @@ ones its ``hf`` backend gives on the saved model folder (a test checks it on Wik
 
 from __future__ import annotations
 
-from lmforge.errors import MissingDependency
+import os
+from pathlib import Path
+
+from lmforge.errors import ConfigError, MissingDependency
 
 try:
     from lm_eval.api.model import TemplateLM
@@ -30,12 +33,12 @@ try:
 except ImportError:  # the eval extra is not installed: the class below cannot exist
     raise MissingDependency("lm-eval", "eval", "lmforge's lm-evaluation-harness model") from None
 
-import torch
-
 from lmforge.config.groups import GenerationConfig, ModelConfig
-from lmforge.eval.perplexity import perplexity, prefix_token_id, score_targets
+from lmforge.eval.likelihood import token_loglikelihoods
+from lmforge.eval.local_tasks import TASKS, write_tasks
+from lmforge.eval.perplexity import perplexity, prefix_token_id
 from lmforge.models.load import load_for_inference, resolve_device
-from lmforge.serve.generate import eval_mode, generate, pad_id
+from lmforge.serve.generate import generate
 
 
 @register_model("lmforge")
@@ -87,20 +90,10 @@ class LmforgeLM(TemplateLM):
         )
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list:
-        jobs = []
-        for _, context_enc, continuation_enc in requests:
-            whole = (context_enc + continuation_enc)[-(self.max_length + 1) :]
-            jobs.append((whole[:-1], list(continuation_enc)))
-        order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][0]))  # little padding
-        out: list = [None] * len(jobs)
-        pad = pad_id(self.tokenizer)
-        with torch.no_grad(), eval_mode(self.model):
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                scores = score_targets(self.model, [jobs[i] for i in chunk], pad)
-                for i, (nll, greedy) in zip(chunk, scores, strict=True):
-                    out[i] = (-nll, greedy)
-        return out
+        pairs = [(context, continuation) for _, context, continuation in requests]
+        return token_loglikelihoods(
+            self.model, self.tokenizer, pairs, self.max_length, self.batch_size
+        )
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         texts = [req.args[0] for req in requests]
@@ -126,3 +119,68 @@ class LmforgeLM(TemplateLM):
             (result,) = generate(self.model, self.tokenizer, [context], cfg)
             out.append(result["text"])
         return out
+
+
+def run_tasks(model, tokenizer, cfg, folder: Path) -> tuple[dict, list[dict], dict]:
+    """``(metrics per task, items, counts)`` of ``cfg.tasks`` (``config.groups.HarnessConfig``)
+    run by lm-eval on ``model``, fully offline: the shipped tasks are written to
+    ``folder/harness_tasks`` (``eval.local_tasks``), ``cfg.include_path`` adds the user's own;
+    the Hugging Face hub and datasets are switched to offline mode first."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    shipped = write_tasks(Path(folder) / "harness_tasks")
+    for path in cfg.include_path:
+        if not Path(path).is_dir():
+            raise ConfigError(f"harness.include_path: {path} is not a folder of task YAMLs")
+    manager = TaskManager(include_path=[str(shipped), *cfg.include_path])
+    unknown = [t for t in cfg.tasks if t not in manager.all_tasks]
+    if unknown:
+        raise ConfigError(
+            f"harness.tasks: unknown task(s) {', '.join(unknown)}; shipped: "
+            f"{', '.join(TASKS)} (or add a folder of task YAMLs to harness.include_path)"
+        )
+    lm = LmforgeLM(
+        model=model, tokenizer=tokenizer, max_length=cfg.max_length, batch_size=cfg.batch_size
+    )
+    out = simple_evaluate(
+        model=lm,
+        tasks=list(cfg.tasks),
+        task_manager=manager,
+        num_fewshot=cfg.num_fewshot,
+        limit=cfg.limit,
+        log_samples=True,
+        bootstrap_iters=1000,
+    )
+    metrics, items = {}, []
+    for task, values in out["results"].items():
+        metrics[task] = {
+            k: float(v) for k, v in values.items() if isinstance(v, int | float) and k != "name"
+        }
+    for task, samples in out.get("samples", {}).items():
+        for s in samples:
+            doc = s.get("doc", {})
+            scores = {k: float(s[k]) for k in ("acc", "acc_norm", "exact_match") if k in s}
+            items.append(
+                {
+                    "eval": f"harness:{task}",
+                    "id": str(doc.get("id", s["doc_id"])),
+                    "task": task,
+                    "target": s.get("target"),
+                    "response": _plain(s.get("filtered_resps")),
+                    **scores,
+                }
+            )
+    counts = {"tasks": len(metrics), "items": len(items), "tasks_folder": str(shipped)}
+    return metrics, items, counts
+
+
+def _plain(value):
+    """lm-eval's responses as JSON: tuples to lists, numpy numbers to floats."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value

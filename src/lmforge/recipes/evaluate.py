@@ -28,6 +28,8 @@ from lmforge.config.recipes import EvaluateRecipe
 from lmforge.data.readers import TEXT_SUFFIXES, Rejects, check_files, iter_records
 from lmforge.data.schema import RowError, to_text
 from lmforge.errors import ConfigError, DataError
+from lmforge.eval import multiple_choice, text_metrics
+from lmforge.eval.efficiency import Efficiency, format_efficiency
 from lmforge.eval.exact_match import exact_match
 from lmforge.eval.perplexity import PerplexityResult, count_words, perplexity
 from lmforge.models.load import load_for_inference, resolve_device
@@ -129,9 +131,13 @@ def evaluate_exact_match(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects
         raise DataError(f"no usable questions in exact_match.files {ecfg.files}")
     results = generate(model, tokenizer, [q for _, q in questions], gen, progress=True)
     predictions = [r["text"] for r in results]
-    scores = exact_match(predictions, [p.reference for p, _ in questions])
+    references = [p.reference for p, _ in questions]
+    scores = exact_match(predictions, references)
+    text_scores, per_item = reference_metrics(predictions, references, ecfg.metrics)
     items, by_task = [], defaultdict(list)
-    for (prompt, _), result, correct in zip(questions, results, scores["per_item"], strict=True):
+    for k, ((prompt, _), result, correct) in enumerate(
+        zip(questions, results, scores["per_item"], strict=True)
+    ):
         task = prompt.row.get("task") if isinstance(prompt.row, dict) else None
         items.append(
             {
@@ -144,12 +150,15 @@ def evaluate_exact_match(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects
                 "prediction": result["text"],
                 "reference": prompt.reference,
                 "correct": correct,
+                **{name: values[k] for name, values in per_item.items()},
+                "new_tokens": result["new_tokens"],
                 "finish_reason": result["finish_reason"],
             }
         )
         if isinstance(task, str):
             by_task[task].append(correct)
-    metrics = {k: scores[k] for k in ("accuracy", "correct", "total")}
+    metrics = {k: scores[k] for k in ("accuracy", "correct", "total")} | text_scores
+    metrics["generated_tokens"] = sum(r["new_tokens"] for r in results)
     if by_task:
         metrics["by_task"] = {t: sum(v) / len(v) for t, v in sorted(by_task.items())}
     # read = used + rejected + skipped (beyond exact_match.max_examples)
@@ -162,10 +171,68 @@ def evaluate_exact_match(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects
     return metrics, items, counts
 
 
+def reference_metrics(
+    predictions: list[str], references: list[str], names: list[str]
+) -> tuple[dict, dict[str, list[float]]]:
+    """Corpus scores and per-item scores of the text metrics in ``names`` (besides exact
+    match, which is always computed): bleu, chrf (0-100), rouge1/rouge2/rougeL (0-1)."""
+    corpus, per_item = {}, {}
+    if "bleu" in names:
+        out = text_metrics.bleu(predictions, references)
+        corpus.update(bleu=out["bleu"], bleu_tokenize=out["tokenize"])
+        per_item["bleu"] = out["per_item"]
+    if "chrf" in names:
+        out = text_metrics.chrf(predictions, references)
+        corpus["chrf"] = out["chrf"]
+        per_item["chrf"] = out["per_item"]
+    if "rouge" in names:
+        out = text_metrics.rouge(predictions, references)
+        for key in text_metrics.ROUGE_TYPES:
+            corpus[key] = out[key]
+            per_item[key] = [item[key] for item in out["per_item"]]
+    return corpus, per_item
+
+
+def evaluate_multiple_choice(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects):
+    """(metrics, items, counts) for ``cfg.multiple_choice.files``."""
+    mcfg = cfg.multiple_choice
+    before = len(rejects)
+    rows = multiple_choice.read_rows(
+        [str(p) for p in check_files(mcfg.files, "multiple_choice file")], rejects
+    )
+    read = len(rows) + len(rejects) - before
+    if mcfg.max_examples:
+        rows = rows[: mcfg.max_examples]
+    if not rows:
+        raise DataError(f"no usable rows in multiple_choice.files {mcfg.files}")
+    metrics, items = multiple_choice.evaluate_rows(
+        model, tokenizer, rows, mcfg.template, mcfg.delimiter, mcfg.max_length, mcfg.batch_size
+    )
+    rejected = len(rejects) - before
+    counts = {
+        "read": read,
+        "used": len(rows),
+        "rejected": rejected,
+        "skipped": read - len(rows) - rejected,
+    }
+    return metrics, items, counts
+
+
+def evaluate_harness(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects, folder: Path):
+    """(metrics, items, counts) of ``cfg.harness.tasks`` run by lm-evaluation-harness."""
+    from lmforge.eval.harness import run_tasks
+
+    return run_tasks(model, tokenizer, cfg.harness, folder)
+
+
 def run(cfg: EvaluateRecipe) -> Run:
-    if not (cfg.perplexity.files or cfg.exact_match.files):
-        raise ConfigError("nothing to evaluate: set perplexity.files and/or exact_match.files")
-    check_files([*cfg.perplexity.files, *cfg.exact_match.files], "evaluation file")
+    files = [*cfg.perplexity.files, *cfg.exact_match.files, *cfg.multiple_choice.files]
+    if not (files or cfg.harness.tasks):
+        raise ConfigError(
+            "nothing to evaluate: set perplexity.files, exact_match.files, "
+            "multiple_choice.files and/or harness.tasks"
+        )
+    check_files(files, "evaluation file")
     run = Run.start(
         "evaluate",
         to_dict(cfg),
@@ -174,6 +241,7 @@ def run(cfg: EvaluateRecipe) -> Run:
             **model_inputs(cfg.model),
             "perplexity_data": cfg.perplexity.files,
             "exact_match_data": cfg.exact_match.files,
+            "multiple_choice_data": cfg.multiple_choice.files,
         },
     )
     if not cfg.force and run.finished_before():
@@ -182,14 +250,23 @@ def run(cfg: EvaluateRecipe) -> Run:
     with recorded(run):
         model, tokenizer = load_for_inference(cfg.model, resolve_device(cfg.device))
         rejects, items = Rejects(), []
-        for name, evaluate in (
-            ("perplexity", evaluate_perplexity),
-            ("exact_match", evaluate_exact_match),
-        ):
-            if getattr(cfg, name).files:
-                metrics, new_items, counts = evaluate(cfg, model, tokenizer, rejects)
+        meter = Efficiency.start(model, cfg.model)
+        kinds = {
+            "perplexity": (cfg.perplexity.files, evaluate_perplexity),
+            "exact_match": (cfg.exact_match.files, evaluate_exact_match),
+            "multiple_choice": (cfg.multiple_choice.files, evaluate_multiple_choice),
+            "harness": (
+                cfg.harness.tasks,
+                lambda *args: evaluate_harness(*args, folder=run.dir),
+            ),
+        }
+        for name, (wanted, evaluate) in kinds.items():
+            if wanted:
+                with meter.timed(name):
+                    metrics, new_items, counts = evaluate(cfg, model, tokenizer, rejects)
                 run.metrics[name], run.counts[name] = metrics, counts
                 items.extend(new_items)
+        run.metrics["efficiency"] = meter.summary(run.metrics)
         rejects_path = rejects.write(run.dir / "rejects.jsonl")
         run.counts.update(
             rejected=len(rejects),
@@ -218,5 +295,24 @@ def format_metrics(metrics: dict) -> str:
         )
     if "exact_match" in metrics:
         e = metrics["exact_match"]
-        lines.append(f"exact match: {e['accuracy']:.3f} ({e['correct']}/{e['total']})")
+        more = "".join(
+            f", {k} {e[k]:.2f}" if k in ("bleu", "chrf") else f", {k} {e[k]:.3f}"
+            for k in ("bleu", "chrf", *text_metrics.ROUGE_TYPES)
+            if k in e
+        )
+        lines.append(f"exact match: {e['accuracy']:.3f} ({e['correct']}/{e['total']}){more}")
+    if "multiple_choice" in metrics:
+        m = metrics["multiple_choice"]
+        lines.append(
+            f"multiple choice: acc {m['acc']:.3f}, acc_norm {m['acc_norm']:.3f} ({m['total']})"
+        )
+    for task, values in metrics.get("harness", {}).items():
+        shown = ", ".join(
+            f"{k.split(',')[0]} {v:.3f}"
+            for k, v in values.items()
+            if "stderr" not in k and k not in ("sample_len",)
+        )
+        lines.append(f"lm-eval {task}: {shown}")
+    if "efficiency" in metrics:
+        lines.append(format_efficiency(metrics["efficiency"]))
     return "\n".join(lines)
