@@ -26,7 +26,11 @@ RECIPES: dict[str, tuple[str, str]] = {
     ),
     "generate": ("generate", "prompts file -> outputs file"),
     "chat": ("chat", "talk to a model in the terminal"),
-    "evaluate": ("evaluate", "perplexity and exact-match accuracy"),
+    "evaluate": (
+        "evaluate",
+        "perplexity, generation (exact match, BLEU, ROUGE), multiple choice, lm-eval tasks",
+    ),
+    "evaluate compare": ("", "evaluate compare A B: paired bootstrap, McNemar, promote verdict"),
     "export merge": ("export", "merge a LoRA, DoRA, IA3 or QLoRA adapter into a plain model"),
     "sweep": ("sweep", "search config keys with Optuna (TPE, pruning): results table, best.yaml"),
     "demo": ("demo", "the whole path on CPU: data, tokenizer, pretrain, LoRA, eval, merge"),
@@ -92,6 +96,10 @@ def run_command(argv: list[str]) -> int:
         from lmforge.recipes import data
 
         return getattr(data, name.split()[1])(rest)
+    if name == "evaluate compare":  # its own arguments, like the data tools
+        from lmforge.eval.compare import main as compare
+
+        return compare(rest)
     if "-h" in rest or "--help" in rest:
         if name == "lineage":
             print("usage: lmforge lineage PATH\n\n" + RECIPES[name][1])
