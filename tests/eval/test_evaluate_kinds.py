@@ -155,3 +155,45 @@ def test_bad_rows_and_settings(model_dir, tmp_path, capsys) -> None:
     assert "Traceback" not in err
     code = main(["evaluate", f"model.path={model_dir}", f"output_dir={tmp_path / 'none'}"])
     assert code != 0 and "nothing to evaluate" in capsys.readouterr().err
+
+
+def test_robustness_and_error_analysis_in_one_evaluation(model_dir, tmp_path) -> None:
+    shipped = write_tasks(tmp_path / "data")
+    gen_rows = [
+        {"prompt": r["question"], "reference": r["answer"], "lang": "zh"}
+        for r in task_rows("lmforge_numerals_zh")[:6]
+    ] + [{"prompt": "Is the number 14 odd or even?", "reference": "even", "lang": "en"}]
+    out = tmp_path / "robust"
+    code = main(
+        [
+            "evaluate",
+            f"model.path={model_dir}",
+            f"exact_match.files=[{_write(tmp_path / 'gen.jsonl', gen_rows)}]",
+            f"multiple_choice.files=[{shipped / 'lmforge_parity_en.jsonl'}]",
+            "robustness.perturbations=[typos,casing,zh_char_noise]",
+            "robustness.rate=0.5",
+            "generation.max_new_tokens=4",
+            f"output_dir={out}",
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    items = _jsonl(out / "items.jsonl")
+    mc = metrics["robustness"]["multiple_choice"]
+    assert mc["clean_accuracy"] == pytest.approx(metrics["multiple_choice"]["acc"])
+    for name in ("typos", "casing"):
+        rows = [i for i in items if i["eval"] == f"robustness:multiple_choice:{name}"]
+        assert len(rows) == 60 and all(r["changed"] for r in rows)  # every question has words
+        perturbed = sum(r["correct"] for r in rows) / len(rows)
+        assert mc[name]["all"]["perturbed"] == pytest.approx(perturbed)
+        assert mc[name]["all"]["drop"] == pytest.approx(mc["clean_accuracy"] - perturbed)
+    # Chinese noise leaves the English questions as they are; it changes the Chinese prompts
+    assert mc["zh_char_noise"]["changed"] == 0
+    assert metrics["robustness"]["exact_match"]["zh_char_noise"]["changed"] == 6
+    # every wrong answer is analysed, per kind
+    for kind in ("exact_match", "multiple_choice"):
+        summary = json.loads((out / "errors" / kind / "errors.json").read_text())
+        wrong = sum(not i["correct"] for i in items if i["eval"] == kind)
+        assert metrics["error_analysis"][kind]["errors"] == wrong
+        assert "per_class" in summary
+    assert (out / "errors" / "multiple_choice" / "confusion.png").is_file()  # odd/even labels

@@ -162,16 +162,16 @@ def test_bad_rate(rate):
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         perturb(EN, "typos", rate)
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
-        robustness_report([], lambda p: [], rate=rate)
+        robustness_report([], lambda p, items: [], rate=rate)
 
 
 def test_unknown_perturbation_names_the_choices():
     with pytest.raises(ConfigError, match="unknown perturbation 'tpyos'.*typos, casing"):
         perturb(EN, "tpyos")
     with pytest.raises(ConfigError, match="zh_char_noise"):
-        robustness_report([], lambda p: [], names=["typos", "nope"])
+        robustness_report([], lambda p, items: [], names=["typos", "nope"])
     with pytest.raises(ConfigError, match="no perturbation given"):
-        robustness_report([], lambda p: [], names=[])
+        robustness_report([], lambda p, items: [], names=[])
 
 
 # ---------------------------------------------------------------------------- the driver
@@ -191,7 +191,7 @@ class Recorder:
         self.calls: list[list[str]] = []
         self.clean = {it["prompt"]: s for it, s in zip(ITEMS, clean_scores, strict=True)}
 
-    def __call__(self, prompts):
+    def __call__(self, prompts, items):
         self.calls.append(list(prompts))
         return [self.clean.get(p, 0) for p in prompts]
 
@@ -219,7 +219,7 @@ def test_report_drops_and_flips():
 
 
 def test_report_keyword_scorer_and_nothing_changed():
-    def has_answer(prompts):  # a model that reads the numbers only: immune to this noise
+    def has_answer(prompts, items):  # a model that reads the numbers only: immune to this noise
         return [1.0 if re.search(r"12|三", p) else 0.0 for p in prompts]
 
     report = robustness_report(ITEMS, has_answer, rate=1.0, seed=5)
@@ -246,4 +246,4 @@ def test_report_bad_items_and_scores():
     with pytest.raises(DataError, match="prompt must be a string"):
         robustness_report([{"id": 1, "prompt": None, "reference": ""}], Recorder())
     with pytest.raises(ValueError, match="returned 1 scores for 4 clean prompts"):
-        robustness_report(ITEMS, lambda prompts: [1.0])
+        robustness_report(ITEMS, lambda prompts, items: [1.0])

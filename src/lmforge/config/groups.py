@@ -370,3 +370,29 @@ class HarnessConfig(Group):
     limit: int | None = Field(None, gt=0, description="items per task at most")
     max_length: int = Field(2048, gt=1, description="context the model reads at most")
     batch_size: int = Field(8, gt=0, description="requests scored together (speed only)")
+
+
+class RobustnessConfig(Group):
+    """Perturbation suites (``eval.robustness``) on the exact_match and multiple_choice items:
+    the accuracy on perturbed prompts against the clean ones."""
+
+    perturbations: list[str] = Field(
+        default_factory=list,
+        description="typos, casing, upper, lower, whitespace, synonyms, zh_char_noise; "
+        "empty: no robustness evaluation",
+    )
+    rate: float = Field(0.1, ge=0, le=1, description="share of words/characters perturbed")
+    seed: int = Field(0, description="perturbation seed (each item gets its own from it)")
+
+    @field_validator("perturbations")
+    @classmethod
+    def _known(cls, v):
+        from lmforge.eval.robustness import PERTURBATIONS
+
+        unknown = [p for p in v if p not in PERTURBATIONS]
+        if unknown:
+            raise ValueError(
+                f"unknown perturbation(s) {', '.join(unknown)}; choose from "
+                f"{', '.join(PERTURBATIONS)}"
+            )
+        return list(dict.fromkeys(v))

@@ -17,6 +17,7 @@ from lmforge.config.groups import (
     ModelConfig,
     MultipleChoiceConfig,
     PerplexityConfig,
+    RobustnessConfig,
     TokenizerConfig,
     TrackConfig,
 )
@@ -155,6 +156,14 @@ class EvaluateRecipe(RecipeConfig):
     )
     harness: HarnessConfig = Field(
         default_factory=HarnessConfig, description="lm-evaluation-harness tasks, offline"
+    )
+    robustness: RobustnessConfig = Field(
+        default_factory=RobustnessConfig, description="accuracy under perturbed prompts"
+    )
+    error_analysis: bool = Field(
+        True,
+        description="per-class errors, confusion PNG and clusters of the wrong answers "
+        "(errors/<kind>/) for exact_match and multiple_choice",
     )
     generation: GenerationConfig = Field(
         default_factory=lambda: GenerationConfig(max_new_tokens=16),

@@ -7,7 +7,8 @@ the right choice or the right choice itself; ``id`` is kept when present. The pr
 the continuation ``delimiter + choice`` (default ``" "``). Reported: ``acc`` (the argmax of the
 summed log-likelihoods) and ``acc_norm`` (of the log-likelihoods divided by each choice's length
 in characters, lm-eval's definition), overall and per ``task`` when rows carry one; per item:
-every choice's log-likelihood, the prediction and both correctness flags.
+every choice's log-likelihood, the predicted and the right choice (``prediction``,
+``reference``; ``answer`` is the right one's index) and both correctness flags.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ def evaluate_rows(
             "prompt": template.format(question=question),
             "choices": choices,
             "answer": answer,
+            "reference": choices[answer],
             "loglikelihoods": lls,
-            "prediction": pred,
+            "prediction": choices[pred],
             "correct": pred == answer,
             "correct_norm": pred_norm == answer,
         }

@@ -352,8 +352,8 @@ def _accuracy(clean: list[float], noisy: list[float]) -> dict:
     return {"clean": a, "perturbed": b, "drop": None if a is None else a - b}
 
 
-def _scores(score: Callable, prompts: list[str], what: str) -> list[float]:
-    result = [float(s) for s in score(prompts)] if prompts else []
+def _scores(score: Callable, prompts: list[str], items: list[dict], what: str) -> list[float]:
+    result = [float(s) for s in score(prompts, items)] if prompts else []
     if len(result) != len(prompts):
         raise ValueError(f"score() returned {len(result)} scores for {len(prompts)} {what} prompts")
     return result
@@ -361,7 +361,7 @@ def _scores(score: Callable, prompts: list[str], what: str) -> list[float]:
 
 def robustness_report(
     items: Iterable[dict],
-    score: Callable[[list[str]], list[float]],
+    score: Callable[[list[str], list[dict]], list[float]],
     names: Iterable[str] | None = None,
     rate: float = 0.1,
     seed: int = 0,
@@ -369,9 +369,10 @@ def robustness_report(
     """Clean vs perturbed scores of ``items`` (dicts with ``id``, ``prompt``, ``reference``,
     optional ``lang``) for each perturbation in ``names`` (default: all registered).
 
-    ``score(prompts)`` gives one score per prompt (e.g. exact match 0/1 of the answers); it is
-    called once on the clean prompts and, per perturbation, once on the prompts it changed (an
-    unchanged prompt keeps its clean score). Each item gets ``item_seed(seed, name, id)``.
+    ``score(prompts, items)`` gives one score per prompt (e.g. exact match 0/1 of the answers;
+    ``items`` are the prompts' own items, for their references); it is called once on the clean
+    prompts and, per perturbation, once on the prompts it changed (an unchanged prompt keeps its
+    clean score). Each item gets ``item_seed(seed, name, id)``.
     Per perturbation: ``changed`` / ``unchanged`` item counts and total ``edits``; ``all``:
     ``{clean, perturbed, drop}`` mean scores over all items (drop = clean - perturbed);
     ``changed_only``: the same over the changed items (``None`` when none changed); ``flips``:
@@ -392,7 +393,7 @@ def robustness_report(
     if len({item["id"] for item in items}) != len(items):
         raise DataError("robustness items need distinct ids")
     prompts = [item["prompt"] for item in items]
-    clean = _scores(score, prompts, "clean")
+    clean = _scores(score, prompts, items, "clean")
     report = {"items": len(items), "rate": rate, "seed": seed, "clean_accuracy": _mean(clean)}
     report["perturbations"] = {}
     for name in names:
@@ -402,7 +403,7 @@ def robustness_report(
         ]
         changed = [i for i, p in enumerate(noisy) if p.text != prompts[i]]
         perturbed = list(clean)
-        new = _scores(score, [noisy[i].text for i in changed], name)
+        new = _scores(score, [noisy[i].text for i in changed], [items[i] for i in changed], name)
         for i, s in zip(changed, new, strict=True):
             perturbed[i] = s
         report["perturbations"][name] = {

@@ -23,6 +23,7 @@ downloaded at run time, which offline machines cannot do, and it has no Chinese 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 
 from lmforge.errors import MissingDependency
@@ -86,10 +87,11 @@ def chrf(predictions: Sequence[str], references: Sequence[str]) -> dict:
 
 class CJKTokenizer:
     """rouge-score tokenizer: each CJK character one token, Latin words and numbers whole,
-    lower-cased, punctuation dropped."""
+    lower-cased, punctuation dropped; full-width letters and digits are read as their ASCII
+    forms first (NFKC)."""
 
     def tokenize(self, text: str) -> list[str]:
-        return _TOKEN.findall(text.lower())
+        return _TOKEN.findall(unicodedata.normalize("NFKC", text).lower())
 
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
