@@ -22,9 +22,11 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -219,6 +221,33 @@ def contention_warning(label: str, side: dict) -> str | None:
     return None
 
 
+def token_count_warning(label: str, side: dict, expected: dict) -> str | None:
+    """A warning when a side trained on other ``tokens``/``target_tokens`` than ``expected``."""
+    if side["tokens"] != expected["tokens"] or side["target_tokens"] != expected["target_tokens"]:
+        return (
+            f"WARNING: {label} trained on {side['tokens']:,} tokens / "
+            f"{side['target_tokens']:,} targets, expected {expected['tokens']:,} / "
+            f"{expected['target_tokens']:,}"
+        )
+    return None
+
+
+def side_warnings(
+    results: dict,
+    check: Callable[[str, dict], str | None] | None = None,
+    prefix: str = "",
+) -> list[str]:
+    """For each side in order: ``check(label, side)``'s warning, then its
+    :func:`contention_warning`, each where there is one (``label``: ``prefix`` + the name)."""
+    lines = []
+    for name, side in results.items():
+        label = prefix + name
+        for warning in (check(label, side) if check else None, contention_warning(label, side)):
+            if warning:
+                lines.append(warning)
+    return lines
+
+
 # --------------------------------------------------------------------------- lmforge side
 def lmforge_train(overrides: Sequence[str], run_dir: Path, label: str = "lmforge") -> dict:
     """``lmforge train`` through its CLI in a fresh process; metrics from the run directory.
@@ -270,25 +299,49 @@ def lmforge_train(overrides: Sequence[str], run_dir: Path, label: str = "lmforge
 
 
 # --------------------------------------------------------------------------- settings
+# The ``train.*`` settings every lmforge side pins, in the order of their overrides.
+TRAIN_KEYS = (
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "schedule",
+    "warmup_steps",
+    "min_lr_ratio",
+    "betas",
+    "weight_decay",
+    "max_grad_norm",
+    "precision",
+    "shuffle",
+    "log_every",
+    "seed",
+    "device",
+)
+# Not from the settings dict: the same for every benchmark.
+FIXED_TRAIN = {"shuffle": "false", "device": "cpu"}
+
+
+def train_overrides(settings: dict, steps: int, skip: Sequence[str] = ()) -> list[str]:
+    """``train.max_steps=steps``, then ``train.KEY=settings[KEY]`` for every key of
+    ``TRAIN_KEYS`` but ``skip`` (``shuffle`` off and ``device`` cpu whatever the settings)."""
+    out = [f"train.max_steps={steps}"]
+    for key in TRAIN_KEYS:
+        if key in skip:
+            continue
+        if key in FIXED_TRAIN:
+            value = FIXED_TRAIN[key]
+        elif key == "betas":
+            value = f"[{settings['betas'][0]},{settings['betas'][1]}]"
+        else:
+            value = settings[key]
+        out.append(f"train.{key}={value}")
+    return out
+
+
 def lmforge_train_overrides(settings: dict, steps: int) -> list[str]:
-    """The ``train.*`` overrides that pin lmforge's loop to ``settings`` (see the scripts)."""
-    s = settings
+    """The ``train.*`` overrides that pin lmforge's loop to ``settings`` (see the scripts), no
+    progress bar or TensorBoard, and ``force=true``: for :func:`lmforge_train`."""
     return [
-        f"train.max_steps={steps}",
-        f"train.batch_size={s['batch_size']}",
-        f"train.grad_accum={s['grad_accum']}",
-        f"train.lr={s['lr']}",
-        f"train.schedule={s['schedule']}",
-        f"train.warmup_steps={s['warmup_steps']}",
-        f"train.min_lr_ratio={s['min_lr_ratio']}",
-        f"train.betas=[{s['betas'][0]},{s['betas'][1]}]",
-        f"train.weight_decay={s['weight_decay']}",
-        f"train.max_grad_norm={s['max_grad_norm']}",
-        f"train.precision={s['precision']}",
-        "train.shuffle=false",
-        f"train.log_every={s['log_every']}",
-        f"train.seed={s['seed']}",
-        "train.device=cpu",
+        *train_overrides(settings, steps),
         "track.progress=false",
         "track.tensorboard='off'",  # quoted: YAML reads a bare off as False
         "force=true",
@@ -393,3 +446,69 @@ def add_run_args(parser, steps: int, results_name: str, sides: dict) -> None:
         help=f"results JSON (default: benchmarks/results/{results_name}.json; a run with "
         "fewer --steps writes none unless given)",
     )
+
+
+# --------------------------------------------------------------------------- side-by-side main
+T = TypeVar("T")
+
+
+def parse_side_args(parser, argv: Sequence[str] | None, child_sides: Mapping) -> argparse.Namespace:
+    """Add the hidden child options (``--side`` one of ``child_sides``, ``--out``), parse
+    ``argv`` and check ``--steps`` (after :func:`add_run_args`)."""
+    parser.add_argument("--side", choices=sorted(child_sides), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.steps <= 0:
+        parser.error("--steps must be positive")
+    return args
+
+
+def run_sides_main(
+    args: argparse.Namespace,
+    child_sides: Mapping[str, Callable[..., dict]],
+    parent: Callable[[Path], T],
+    requires: Sequence[str] = (),
+    child_options: Sequence[str] = (),
+) -> T | None:
+    """What a side-by-side script's ``main`` does once its arguments are parsed.
+
+    In a child process (``--side`` given, see :func:`run_child_side`):
+    ``child_sides[side](work=..., steps=..., **options)`` (``options``: the values of the
+    ``child_options`` arguments, e.g. ``size``), its result written as JSON to ``--out``; returns
+    None. In the parent: :func:`require` the ``requires``, then ``parent(work)`` in the working
+    folder (``--work``, created if needed and kept; else a temporary one, removed afterwards);
+    returns what ``parent`` returns.
+    """
+    if args.side:  # child process: one side only
+        options = {name: getattr(args, name) for name in child_options}
+        result = child_sides[args.side](work=args.work, steps=args.steps, **options)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return None
+    require(*requires)
+    with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        return parent(work)
+
+
+def run_child_side(
+    script: str, side: str, work: Path, steps: int, out: Path | None = None, **options
+) -> dict:
+    """:func:`run_side` of ``script --side SIDE [--OPTION VALUE ...] --work WORK --steps STEPS``
+    (the child branch of :func:`run_sides_main`); its JSON in ``out`` (default
+    ``work/SIDE.json``)."""
+    args = ["--side", side]
+    for name, value in options.items():
+        args += [f"--{name}", str(value)]
+    args += ["--work", str(work), "--steps", str(steps)]
+    return run_side(Path(script).resolve(), out or work / f"{side}.json", args, side)
+
+
+def run_each_side(sides: Sequence[str], run: Callable[[str], dict], no_wait: bool) -> dict:
+    """``{side: run(side)}`` in order, each after waiting up to 5 minutes for a quiet CPU
+    (:func:`wait_until_quiet`, its figures added to the side's) unless ``no_wait``."""
+    results = {}
+    for side in sides:
+        quiet = {} if no_wait else wait_until_quiet(0.15, 300)
+        results[side] = {**run(side), **quiet}
+    return results

@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -67,18 +66,19 @@ from common import (
     SHARED_DATA,
     BenchError,
     add_run_args,
-    contention_warning,
     format_table,
     lmforge_train,
     lmforge_train_overrides,
+    parse_side_args,
     pct,
-    require,
     results_path,
+    run_child_side,
+    run_each_side,
     run_header,
     run_main,
-    run_side,
+    run_sides_main,
     shared_file,
-    wait_until_quiet,
+    side_warnings,
     write_results,
 )
 from hf_sides import add_loop_timer, check_trainer, hf_training_kwargs
@@ -452,8 +452,7 @@ def run_one(side: str, work: Path, steps: int) -> dict:
     print(f"\n=== {side}: {SIDES[side]}", flush=True)
     if side == "lmforge":
         return run_lmforge(work, steps)
-    args = ["--side", side, "--work", str(work), "--steps", str(steps)]
-    return run_side(Path(__file__).resolve(), work / f"{side}.json", args, side)
+    return run_child_side(__file__, side, work, steps)
 
 
 # --------------------------------------------------------------------------- report
@@ -529,43 +528,37 @@ def report(results: dict, prep: dict) -> str:
                 f"{native['own_minus_given_tokens']:+,} tokens in all"
             )
     expected = {"lmforge": "lmforge_tokens_per_step", "trl": "trl_tokens_per_step"}
-    for name, side in results.items():
-        if side["tokens_per_step"] != prep[expected[name]] or side["pairs"] != prep["pairs"]:
-            lines.append(
-                f"WARNING: {name} trained on other pairs or in another order than expected "
-                f"({side['pairs']} pairs, {sum(side['tokens_per_step']):,} tokens; expected "
-                f"{prep['pairs']}, {sum(prep[expected[name]]):,})"
-            )
-        warning = contention_warning(name, side)
-        if warning:
-            lines.append(warning)
+
+    def check(name: str, side: dict) -> str | None:
+        if side["tokens_per_step"] == prep[expected[name]] and side["pairs"] == prep["pairs"]:
+            return None
+        return (
+            f"WARNING: {name} trained on other pairs or in another order than expected "
+            f"({side['pairs']} pairs, {sum(side['tokens_per_step']):,} tokens; expected "
+            f"{prep['pairs']}, {sum(prep[expected[name]]):,})"
+        )
+
+    lines += side_warnings(results, check)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_args(parser, STEPS, "dpo_throughput", SIDES)
-    parser.add_argument("--side", choices=sorted(CHILD_SIDES), help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.steps <= 0:
-        parser.error("--steps must be positive")
+    args = parse_side_args(parser, argv, CHILD_SIDES)
 
-    if args.side:  # child process: one side only
-        result = CHILD_SIDES[args.side](args.work, args.steps)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        return 0
-
-    require("peft", "accelerate", *(["trl", "datasets"] if "trl" in args.sides else []))
-    with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    def parent(work: Path) -> tuple[dict, dict]:
         prep = prepare(work, args.steps)
-        results = {}
-        for side in args.sides:
-            quiet = {} if args.no_wait else wait_until_quiet(0.15, 300)
-            results[side] = {**run_one(side, work, args.steps), **quiet}
+        results = run_each_side(
+            args.sides, lambda side: run_one(side, work, args.steps), args.no_wait
+        )
+        return prep, results
 
+    requires = ["peft", "accelerate", *(["trl", "datasets"] if "trl" in args.sides else [])]
+    done = run_sides_main(args, CHILD_SIDES, parent, requires)
+    if done is None:  # a child process
+        return 0
+    prep, results = done
     summarise(results)
     out = {
         **run_header("dpo_throughput", sys.argv),

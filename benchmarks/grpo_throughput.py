@@ -63,22 +63,23 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from common import (
     BenchError,
     add_run_args,
-    contention_warning,
     format_table,
+    parse_side_args,
     pct,
-    require,
     results_path,
+    run_child_side,
+    run_each_side,
     run_header,
     run_main,
-    run_side,
-    wait_until_quiet,
+    run_sides_main,
+    side_warnings,
+    train_overrides,
     write_results,
 )
 from hf_sides import add_loop_timer, hf_training_kwargs
@@ -385,20 +386,8 @@ def lmforge_overrides(work: Path, steps: int) -> list[str]:
         f"rl.clip_epsilon={s['clip_epsilon']}",
         f"rl.scale_rewards={str(s['scale_rewards']).lower()}",
         "rl.rewards=[{type: exact_match}]",
-        f"train.max_steps={steps}",
-        f"train.batch_size={s['batch_size']}",
-        "train.grad_accum=1",
-        f"train.lr={s['lr']}",
-        f"train.schedule={s['schedule']}",
-        f"train.warmup_steps={s['warmup_steps']}",
-        f"train.betas=[{s['betas'][0]},{s['betas'][1]}]",
-        f"train.weight_decay={s['weight_decay']}",
-        f"train.max_grad_norm={s['max_grad_norm']}",
-        f"train.precision={s['precision']}",
-        "train.shuffle=false",
-        f"train.log_every={s['log_every']}",
-        f"train.seed={s['seed']}",
-        "train.device=cpu",
+        # no accumulation; the constant schedule has no floor to set
+        *train_overrides({**s, "grad_accum": 1}, steps, skip=("min_lr_ratio",)),
         f"output_dir={work / 'lmforge-run'}",
         "force=true",
     ]
@@ -489,8 +478,7 @@ CHILD_SIDES = {"trl": run_trl, "lmforge": run_lmforge}
 
 def run_one(side: str, work: Path, steps: int) -> dict:
     print(f"\n=== {side}: {SIDES[side]}", flush=True)
-    args = ["--side", side, "--work", str(work), "--steps", str(steps)]
-    return run_side(Path(__file__).resolve(), work / f"{side}.json", args, side)
+    return run_child_side(__file__, side, work, steps)
 
 
 # --------------------------------------------------------------------------- report
@@ -579,42 +567,34 @@ def report(results: dict, prep: dict) -> str:
         "steps from each side's log",
         "peak RSS: ru_maxrss of each side's process (model loading and the reference included)",
     ]
-    for name, side in results.items():
-        if not side["prompts_as_expected"]:
-            lines.append(
-                f"WARNING: {name} did not see the expected prompt ids in the expected order"
-            )
-        warning = contention_warning(name, side)
-        if warning:
-            lines.append(warning)
+
+    def check(name: str, side: dict) -> str | None:
+        if side["prompts_as_expected"]:
+            return None
+        return f"WARNING: {name} did not see the expected prompt ids in the expected order"
+
+    lines += side_warnings(results, check)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_args(parser, STEPS, "grpo_throughput", SIDES)
-    parser.add_argument("--side", choices=sorted(CHILD_SIDES), help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.steps <= 0:
-        parser.error("--steps must be positive")
+    args = parse_side_args(parser, argv, CHILD_SIDES)
 
-    if args.side:  # child process: one side only
-        result = CHILD_SIDES[args.side](args.work, args.steps)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        return 0
-
-    require("accelerate", *(["trl", "datasets"] if "trl" in args.sides else []))
-    with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    def parent(work: Path) -> tuple[dict, dict]:
         prep = prepare(work, args.steps)
-        results = {}
-        for side in args.sides:
-            quiet = {} if args.no_wait else wait_until_quiet(0.15, 300)
-            results[side] = {**run_one(side, work, args.steps), **quiet}
+        results = run_each_side(
+            args.sides, lambda side: run_one(side, work, args.steps), args.no_wait
+        )
         summarise(results, work)
+        return prep, results
 
+    requires = ["accelerate", *(["trl", "datasets"] if "trl" in args.sides else [])]
+    done = run_sides_main(args, CHILD_SIDES, parent, requires)
+    if done is None:  # a child process
+        return 0
+    prep, results = done
     out = {
         **run_header("grpo_throughput", sys.argv),
         "steps": args.steps,

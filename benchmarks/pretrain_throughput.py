@@ -34,27 +34,28 @@ import dataclasses
 import json
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from common import (
     BenchError,
     add_run_args,
-    contention_warning,
     format_table,
     lmforge_train,
     lmforge_train_overrides,
     measure_peak_gflops,
+    parse_side_args,
     pct,
-    require,
     results_path,
+    run_child_side,
+    run_each_side,
     run_header,
     run_main,
-    run_side,
+    run_sides_main,
     shared_file,
+    side_warnings,
     subset,
-    wait_until_quiet,
+    token_count_warning,
     window_diffs,
     write_results,
 )
@@ -225,8 +226,10 @@ def run_one(side: str, size: str, work: Path, steps: int) -> dict:
     print(f"\n=== {size} / {side}: {SIDES[side]}", flush=True)
     if side == "lmforge":
         return lmforge_train(lmforge_overrides(work, size, steps), work / size / "lmforge-run")
-    args = ["--side", side, "--size", size, "--work", str(work), "--steps", str(steps)]
-    return run_side(Path(__file__).resolve(), work / size / f"{side}.json", args, side)
+    return run_child_side(__file__, side, work, steps, work / size / f"{side}.json", size=size)
+
+
+CHILD_SIDES = {"hf": run_hf}  # run by run_child_side, one size at a time
 
 
 # --------------------------------------------------------------------------- report
@@ -285,16 +288,9 @@ def report(results: dict, prep: dict, peak: dict) -> str:
         "tokenisation included)",
     ]
     for size, sides in results.items():
-        for name, side in sides.items():
-            if side["tokens"] != prep["tokens"] or side["target_tokens"] != prep["target_tokens"]:
-                lines.append(
-                    f"WARNING: {size} / {name} trained on {side['tokens']:,} tokens / "
-                    f"{side['target_tokens']:,} targets, expected {prep['tokens']:,} / "
-                    f"{prep['target_tokens']:,}"
-                )
-            warning = contention_warning(f"{size} / {name}", side)
-            if warning:
-                lines.append(warning)
+        lines += side_warnings(
+            sides, lambda label, side: token_count_warning(label, side, prep), f"{size} / "
+        )
     return "\n".join(lines)
 
 
@@ -307,37 +303,31 @@ def main(argv: list[str] | None = None) -> int:
         default=list(SIZES),
         help=f"comma-separated subset of: {', '.join(SIZES)} (default: all)",
     )
-    parser.add_argument("--side", choices=["hf"], help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=sorted(SIZES), help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.steps <= 0:
-        parser.error("--steps must be positive")
+    args = parse_side_args(parser, argv, CHILD_SIDES)
+
+    def parent(work: Path) -> tuple[dict, dict, float, float]:
+        peak_start = measure_peak_gflops()
+        print(f"fp32 matmul peak: {peak_start:.1f} GFLOP/s", flush=True)
+        prep = prepare(work, args.steps, args.sizes)
+        results = {
+            size: run_each_side(
+                args.sides,
+                lambda side, size=size: run_one(side, size, work, args.steps),
+                args.no_wait,
+            )
+            for size in args.sizes
+        }
+        return prep, results, peak_start, measure_peak_gflops()
 
     try:
-        if args.side:  # child process: one side, one size
-            result = run_hf(args.work, args.size, args.steps)
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
-            return 0
-
-        require("accelerate")
-        with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as tmp:
-            work = args.work or Path(tmp)
-            work.mkdir(parents=True, exist_ok=True)
-            peak_start = measure_peak_gflops()
-            print(f"fp32 matmul peak: {peak_start:.1f} GFLOP/s", flush=True)
-            prep = prepare(work, args.steps, args.sizes)
-            results: dict = {}
-            for size in args.sizes:
-                results[size] = {}
-                for side in args.sides:
-                    quiet = {} if args.no_wait else wait_until_quiet(0.15, 300)
-                    results[size][side] = {**run_one(side, size, work, args.steps), **quiet}
-            peak_end = measure_peak_gflops()
+        done = run_sides_main(args, CHILD_SIDES, parent, ["accelerate"], child_options=["size"])
     except BenchError as exc:
         print(f"pretrain_throughput: {exc}", file=sys.stderr)
         return 2
-
+    if done is None:  # a child process
+        return 0
+    prep, results, peak_start, peak_end = done
     peak = {"gflops": max(peak_start, peak_end), "start": peak_start, "end": peak_end}
     summarise(results, prep, peak["gflops"])
     out = {

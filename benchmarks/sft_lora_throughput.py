@@ -45,7 +45,6 @@ import json
 import math
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,19 +52,21 @@ from common import (
     IGNORE,
     BenchError,
     add_run_args,
-    contention_warning,
     format_table,
     lmforge_train,
     lmforge_train_overrides,
     measure_peak_gflops,
+    parse_side_args,
     pct,
-    require,
     results_path,
+    run_child_side,
+    run_each_side,
     run_header,
     run_main,
-    run_side,
+    run_sides_main,
     shared_file,
-    wait_until_quiet,
+    side_warnings,
+    token_count_warning,
     window_diffs,
     write_results,
 )
@@ -331,8 +332,7 @@ def run_one(side: str, work: Path, steps: int) -> dict:
     print(f"\n=== {side}: {SIDES[side]}", flush=True)
     if side == "lmforge":
         return lmforge_train(lmforge_overrides(work, steps), work / "lmforge-run")
-    args = ["--side", side, "--work", str(work), "--steps", str(steps)]
-    return run_side(Path(__file__).resolve(), work / f"{side}.json", args, side)
+    return run_child_side(__file__, side, work, steps)
 
 
 # --------------------------------------------------------------------------- report
@@ -403,51 +403,35 @@ def report(results: dict, prep: dict, peak: dict, steps: int) -> str:
         "peak RSS: ru_maxrss of each side's process from os.wait4 (model loading and "
         "tokenisation included)",
     ]
-    for name, side in results.items():
-        if side["tokens"] != prep["tokens"] or side["target_tokens"] != prep["target_tokens"]:
-            lines.append(
-                f"WARNING: {name} trained on {side['tokens']:,} tokens / "
-                f"{side['target_tokens']:,} targets, expected {prep['tokens']:,} / "
-                f"{prep['target_tokens']:,}"
-            )
-        warning = contention_warning(name, side)
-        if warning:
-            lines.append(warning)
+    lines += side_warnings(results, lambda name, side: token_count_warning(name, side, prep))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_args(parser, STEPS, "sft_lora_throughput", SIDES)
-    parser.add_argument("--side", choices=sorted(CHILD_SIDES), help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.steps <= 0:
-        parser.error("--steps must be positive")
+    args = parse_side_args(parser, argv, CHILD_SIDES)
 
-    try:
-        if args.side:  # child process: one side only
-            result = CHILD_SIDES[args.side](args.work, args.steps)
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
-            return 0
-
-        require("peft", "accelerate", *(["trl", "datasets"] if TRL_SIDES & set(args.sides) else []))
+    def parent(work: Path) -> tuple[dict, dict, float, float]:
         train_rows, all_rows = load_rows(args.steps)
-        with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as tmp:
-            work = args.work or Path(tmp)
-            work.mkdir(parents=True, exist_ok=True)
-            peak_start = measure_peak_gflops()
-            print(f"fp32 matmul peak: {peak_start:.1f} GFLOP/s", flush=True)
-            prep = prepare(work, train_rows, all_rows)
-            prep["examples"] = len(train_rows)
-            results = {}
-            for side in args.sides:
-                quiet = {} if args.no_wait else wait_until_quiet(0.15, 300)
-                results[side] = {**run_one(side, work, args.steps), **quiet}
-            peak_end = measure_peak_gflops()
+        peak_start = measure_peak_gflops()
+        print(f"fp32 matmul peak: {peak_start:.1f} GFLOP/s", flush=True)
+        prep = prepare(work, train_rows, all_rows)
+        prep["examples"] = len(train_rows)
+        results = run_each_side(
+            args.sides, lambda side: run_one(side, work, args.steps), args.no_wait
+        )
+        return prep, results, peak_start, measure_peak_gflops()
+
+    requires = ["peft", "accelerate", *(["trl", "datasets"] if TRL_SIDES & set(args.sides) else [])]
+    try:
+        done = run_sides_main(args, CHILD_SIDES, parent, requires)
     except BenchError as exc:
         print(f"sft_lora_throughput: {exc}", file=sys.stderr)
         return 2
+    if done is None:  # a child process
+        return 0
+    prep, results, peak_start, peak_end = done
 
     # A busy machine lowers one measurement more than the other: the higher is nearer the peak.
     peak = {"gflops": max(peak_start, peak_end), "start": peak_start, "end": peak_end}
