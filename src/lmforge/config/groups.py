@@ -396,3 +396,25 @@ class RobustnessConfig(Group):
                 f"{', '.join(PERTURBATIONS)}"
             )
         return list(dict.fromkeys(v))
+
+
+class GatesConfig(Group):
+    """``eval`` in a training config: what to evaluate before and after training, and the
+    gates the trained model must pass (``eval.gates``; see ``lmforge.eval.gates``)."""
+
+    gates: list[str] = Field(
+        default_factory=list,
+        description="conditions, e.g. 'accuracy >= 0.8', 'perplexity <= 1.05 * base', "
+        "'eval_loss < base'; an unmet one fails the run",
+    )
+    perplexity: PerplexityConfig = Field(default_factory=PerplexityConfig, description="text ppl")
+    exact_match: ExactMatchConfig = Field(
+        default_factory=ExactMatchConfig, description="generation against references"
+    )
+    multiple_choice: MultipleChoiceConfig = Field(
+        default_factory=MultipleChoiceConfig, description="choices by log-likelihood"
+    )
+    generation: GenerationConfig = Field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=16),
+        description="decoding for exact_match",
+    )

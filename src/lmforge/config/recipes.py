@@ -11,6 +11,7 @@ from lmforge.config.groups import (
     DataConfig,
     DistributedConfig,
     ExactMatchConfig,
+    GatesConfig,
     GenerationConfig,
     HarnessConfig,
     LauncherConfig,
@@ -74,6 +75,10 @@ class TrainRecipe(RecipeConfig):
         default_factory=ContinualConfig, description="replay and EWC against forgetting"
     )
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
+    eval: GatesConfig = Field(
+        default_factory=GatesConfig,
+        description="evaluation before and after training, and the gates it must pass",
+    )
     track: TrackConfig = Field(default_factory=TrackConfig, description="logging")
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="data parallelism under torchrun"

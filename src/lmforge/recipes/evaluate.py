@@ -331,6 +331,22 @@ def analyse_errors(items: list[dict], folder: Path) -> dict:
     return out
 
 
+def evaluate_model(cfg, model, tokenizer, rejects: Rejects) -> dict:
+    """``{kind: metrics}`` of the perplexity, exact-match and multiple-choice evaluations that
+    ``cfg`` has files for (an ``EvaluateRecipe``, or a training config's ``eval`` group), on a
+    model already in memory (training gates: before and after training)."""
+    kinds = {
+        "perplexity": evaluate_perplexity,
+        "exact_match": evaluate_exact_match,
+        "multiple_choice": evaluate_multiple_choice,
+    }
+    return {
+        kind: evaluate(cfg, model, tokenizer, rejects)[0]
+        for kind, evaluate in kinds.items()
+        if getattr(cfg, kind).files
+    }
+
+
 def run(cfg: EvaluateRecipe) -> Run:
     files = [*cfg.perplexity.files, *cfg.exact_match.files, *cfg.multiple_choice.files]
     if not (files or cfg.harness.tasks):

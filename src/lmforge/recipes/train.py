@@ -50,6 +50,7 @@ from lmforge.models.load import (
     save_pretrained,
 )
 from lmforge.models.params import format_report, parameter_report
+from lmforge.recipes.gates import Gating
 from lmforge.tokenizer.templates import apply_template, check_eos_template, fit_model_to_template
 from lmforge.training.continual import add_replay, continual_inputs, with_ewc
 from lmforge.training.data import load_stage_data
@@ -69,6 +70,13 @@ def _inputs(cfg: TrainRecipe) -> dict:
     if cfg.model.tokenizer:
         inputs["tokenizer"] = str(resolve_dir(cfg.model.tokenizer, "tokenizer"))
     inputs.update(continual_inputs(cfg.continual))  # previous task's data, replay, Fisher
+    evaluated = [
+        str(split_selector(f)[0])
+        for kind in ("perplexity", "exact_match", "multiple_choice")
+        for f in getattr(cfg.eval, kind).files
+    ]
+    if evaluated:  # eval before/after training (eval.gates)
+        inputs["eval_data"] = evaluated
     return inputs
 
 
@@ -102,6 +110,12 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
     with recorded(run) if main else contextlib.nullcontext(run):  # the manifest: rank 0's
         cfg = start_from_adapter(cfg, run.dir, strategy)
         adapter_notes = check_config(cfg.adapter, cfg.stage, cfg.train.packing)  # before data
+        gating = Gating(cfg, strategy)  # eval.gates: parsed and checked before any work
+        if gating.needs_start_eval and not cfg.train.eval_on_start:
+            adapter_notes.append("eval.gates compare eval_* with base: train.eval_on_start=true")
+            cfg = cfg.model_copy(
+                update={"train": cfg.train.model_copy(update={"eval_on_start": True})}
+            )
         tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
         # data.template: the tokenizer gets it (and its tokens, its EOS); saved with the model
         template = apply_template(tokenizer, cfg.data.template) if cfg.data.template else None
@@ -229,6 +243,8 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
         )
         if cfg.continual.ewc_lambda > 0:  # the objective inside EWC (training.continual)
             opts.objective = with_ewc(cfg, plan, model, tokenizer, run, strategy, opts)
+        if main and gating.evaluates:  # the base of every gate
+            run.metrics["eval_before"] = gating.before(model, tokenizer, device)
         # force=true recomputes: start over instead of resuming the finished checkpoint
         train_cfg = cfg.train.model_copy(update={"resume": "never"}) if cfg.force else cfg.train
         run.metrics.update(train_loop(model, train.units, val.units, train_cfg, opts))
@@ -241,6 +257,15 @@ def _train(cfg: TrainRecipe, strategy: Strategy, on_step, on_eval=None) -> Run:
             run.add_output(out, "model")
             if extra is not None:
                 run.add_output(extra, Path(extra).stem)
+        if main and (gating.evaluates or gating.gates):
+            evaluation, results = gating.after(model, tokenizer, run.metrics, run.dir)
+            if evaluation:
+                run.metrics["eval_after"] = evaluation
+            if results:
+                run.metrics["gates"] = results
+                for r in results:
+                    print(f"lmforge: gate {r['gate']!r}: {'passed' if r['passed'] else 'FAILED'}")
+            Gating.enforce(results)  # the run fails (non-zero exit) on an unmet gate
             run.add_output(run.dir / "metrics.jsonl", "metrics")
     if main:
         print(f"lmforge: {cfg.stage} run finished: {out}")
