@@ -111,6 +111,32 @@ def test_sequence_classification_learns_with_per_class_metrics(cls_full) -> None
     assert manifest["metrics"]["eval_macro_f1"] == pytest.approx(final["eval_macro_f1"])
 
 
+def test_evaluate_classification_equals_the_training_evaluation(cls_full, sentiment, tmp_path):
+    """``lmforge evaluate`` on the validation file, through transformers' own padded forward,
+    gives the confusion matrix the packed training evaluation logged, and error analysis of
+    the wrong labels with a confusion PNG."""
+    out = tmp_path / "evaluate"
+    code = main(
+        [
+            "evaluate",
+            f"model.path={cls_full}",
+            f"classification.files=[{sentiment['val']}]",
+            "classification.max_length=64",
+            f"output_dir={out}",
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    final = [r for r in _metrics(cls_full) if "eval_loss" in r][-1]
+    evaluated = metrics["classification"]
+    assert evaluated["task"] == "sequence" and evaluated["total"] == 60
+    assert evaluated["confusion"] == final["eval_confusion"]
+    assert evaluated["macro_f1"] == pytest.approx(final["eval_macro_f1"])
+    assert (out / "errors" / "classification" / "errors.json").is_file()
+    assert (out / "errors" / "classification" / "confusion.png").is_file()
+    assert metrics["efficiency"]["params_trainable_source"] == "training run"
+
+
 def test_saved_classifier_is_plain_transformers(cls_full, tokenizer, sentiment) -> None:
     plain = AutoModelForSequenceClassification.from_pretrained(str(cls_full / "model")).eval()
     assert plain.config.id2label == {0: "negative", 1: "positive", 2: "正面", 3: "负面"}
@@ -141,6 +167,23 @@ def test_token_classification_learns(tagging, tokenizer_dir, tmp_path) -> None:
     final = [r for r in _metrics(tmp_path) if "eval_loss" in r][-1]
     assert final["eval_accuracy"] > 0.9, final
     assert final["eval_per_class"]["NUM"]["recall"] > 0.8, final["eval_per_class"]
+    # lmforge evaluate labels the same words through transformers' padded forward: the same
+    # word-level confusion matrix as the packed training evaluation
+    out = tmp_path / "evaluate"
+    code = main(
+        [
+            "evaluate",
+            f"model.path={tmp_path}",
+            f"classification.files=[{tagging['val']}]",
+            "classification.max_length=64",
+            f"output_dir={out}",
+        ]
+    )
+    assert code == 0
+    evaluated = json.loads((out / "metrics.json").read_text())["classification"]
+    assert evaluated["task"] == "token" and evaluated["words_cut_off"] == 0
+    assert evaluated["confusion"] == final["eval_confusion"]
+    assert evaluated["accuracy"] == pytest.approx(final["eval_accuracy"])
 
 
 def test_minilm_lora_on_query_key_value(sentiment, tmp_path) -> None:

@@ -355,6 +355,22 @@ class MultipleChoiceConfig(Group):
         return v
 
 
+class ClassificationEvalConfig(Group):
+    """A classifier (stage cls) labels rows: accuracy, P/R/F1, confusion, entity F1 (BIO)."""
+
+    files: list[str] = Field(
+        default_factory=list,
+        description='rows {"text", "label"} (sequence) or {"tokens", "tags"} (token classifier)',
+    )
+    text_field: str = Field("text", description="sequence rows: the text")
+    label_field: str = Field("label", description="sequence rows: the gold label")
+    tokens_field: str = Field("tokens", description="token rows: the words")
+    tags_field: str = Field("tags", description="token rows: one gold tag per word")
+    max_length: int = Field(512, gt=1, description="tokens per row at most (cut beyond)")
+    batch_size: int = Field(16, gt=0, description="rows per forward pass (speed only)")
+    max_examples: int | None = Field(None, gt=0, description="score at most this many")
+
+
 class HarnessConfig(Group):
     """lm-evaluation-harness tasks run on the model through lmforge's ``LM`` (offline)."""
 

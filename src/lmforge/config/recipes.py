@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from lmforge.config.base import Group, RecipeConfig
 from lmforge.config.groups import (
+    ClassificationEvalConfig,
     DataConfig,
     DistributedConfig,
     ExactMatchConfig,
@@ -158,6 +159,9 @@ class EvaluateRecipe(RecipeConfig):
     )
     multiple_choice: MultipleChoiceConfig = Field(
         default_factory=MultipleChoiceConfig, description="choices scored by log-likelihood"
+    )
+    classification: ClassificationEvalConfig = Field(
+        default_factory=ClassificationEvalConfig, description="a classifier on labelled rows"
     )
     harness: HarnessConfig = Field(
         default_factory=HarnessConfig, description="lm-evaluation-harness tasks, offline"

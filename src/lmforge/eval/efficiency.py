@@ -11,7 +11,7 @@ unit of work.
   ``peak_cuda_mib`` on a GPU;
 - per evaluation kind: ``seconds`` and ``ms_per_token`` (perplexity: per scored token; exact
   match: per generated token, prompt processing included), ``ms_per_item`` (multiple choice,
-  lm-eval tasks).
+  classification, lm-eval tasks).
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class Efficiency:
                 metrics.get("exact_match", {}).get("generated_tokens"),
             ),
             "multiple_choice": ("ms_per_item", metrics.get("multiple_choice", {}).get("total")),
+            "classification": ("ms_per_item", metrics.get("classification", {}).get("total")),
             "harness": (
                 "ms_per_item",
                 sum(int(v.get("sample_len", 0)) for v in metrics.get("harness", {}).values()),

@@ -29,7 +29,7 @@ from lmforge.config.recipes import EvaluateRecipe
 from lmforge.data.readers import TEXT_SUFFIXES, Rejects, check_files, iter_records
 from lmforge.data.schema import RowError, to_text
 from lmforge.errors import ConfigError, DataError
-from lmforge.eval import error_analysis, multiple_choice, robustness, text_metrics
+from lmforge.eval import classify, error_analysis, multiple_choice, robustness, text_metrics
 from lmforge.eval.efficiency import Efficiency, format_efficiency
 from lmforge.eval.exact_match import exact_match
 from lmforge.eval.perplexity import PerplexityResult, count_words, perplexity
@@ -226,6 +226,35 @@ def evaluate_multiple_choice(cfg: EvaluateRecipe, model, tokenizer, rejects: Rej
     return metrics, items, counts, rows
 
 
+def evaluate_classification(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects):
+    """(metrics, items, counts, None) for ``cfg.classification.files``."""
+    ccfg = cfg.classification
+    try:
+        task = classify.task_of(model)
+    except RowError as exc:
+        raise ConfigError(f"classification.files: {exc} (evaluate a stage cls run)") from None
+    names = classify.class_names(model)
+    before = len(rejects)
+    files = [str(p) for p in check_files(ccfg.files, "classification file")]
+    rows = classify.read_rows(files, ccfg, names, task, rejects)
+    read = len(rows) + len(rejects) - before
+    if ccfg.max_examples:
+        rows = rows[: ccfg.max_examples]
+    if not rows:
+        raise DataError(f"no usable rows in classification.files {ccfg.files}")
+    metrics, items = classify.evaluate_rows(
+        model, tokenizer, rows, task, names, ccfg.max_length, ccfg.batch_size
+    )
+    rejected = len(rejects) - before
+    counts = {
+        "read": read,
+        "used": len(rows),
+        "rejected": rejected,
+        "skipped": read - len(rows) - rejected,
+    }
+    return metrics, items, counts, None
+
+
 def evaluate_harness(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects, folder: Path):
     """(metrics, items, counts) of ``cfg.harness.tasks`` run by lm-evaluation-harness."""
     from lmforge.eval.harness import run_tasks
@@ -318,7 +347,7 @@ def analyse_errors(items: list[dict], folder: Path) -> dict:
     """Error analysis (``eval.error_analysis``) of the exact-match and multiple-choice items,
     one folder per kind: per-class errors, a confusion PNG, clusters of the wrong answers."""
     out = {}
-    for kind in ("exact_match", "multiple_choice"):
+    for kind in ("exact_match", "multiple_choice", "classification"):
         chosen = [i for i in items if i["eval"] == kind]
         if chosen:
             summary = error_analysis.error_report(chosen, folder / kind)
@@ -348,11 +377,16 @@ def evaluate_model(cfg, model, tokenizer, rejects: Rejects) -> dict:
 
 
 def run(cfg: EvaluateRecipe) -> Run:
-    files = [*cfg.perplexity.files, *cfg.exact_match.files, *cfg.multiple_choice.files]
+    files = [
+        *cfg.perplexity.files,
+        *cfg.exact_match.files,
+        *cfg.multiple_choice.files,
+        *cfg.classification.files,
+    ]
     if not (files or cfg.harness.tasks):
         raise ConfigError(
             "nothing to evaluate: set perplexity.files, exact_match.files, "
-            "multiple_choice.files and/or harness.tasks"
+            "multiple_choice.files, classification.files and/or harness.tasks"
         )
     check_files(files, "evaluation file")
     run = Run.start(
@@ -364,6 +398,7 @@ def run(cfg: EvaluateRecipe) -> Run:
             "perplexity_data": cfg.perplexity.files,
             "exact_match_data": cfg.exact_match.files,
             "multiple_choice_data": cfg.multiple_choice.files,
+            "classification_data": cfg.classification.files,
         },
     )
     if not cfg.force and run.finished_before():
@@ -377,6 +412,7 @@ def run(cfg: EvaluateRecipe) -> Run:
             "perplexity": (cfg.perplexity.files, evaluate_perplexity),
             "exact_match": (cfg.exact_match.files, evaluate_exact_match),
             "multiple_choice": (cfg.multiple_choice.files, evaluate_multiple_choice),
+            "classification": (cfg.classification.files, evaluate_classification),
             "harness": (
                 cfg.harness.tasks,
                 lambda *args: evaluate_harness(*args, folder=run.dir),
@@ -436,6 +472,13 @@ def format_metrics(metrics: dict) -> str:
         m = metrics["multiple_choice"]
         lines.append(
             f"multiple choice: acc {m['acc']:.3f}, acc_norm {m['acc_norm']:.3f} ({m['total']})"
+        )
+    if "classification" in metrics:
+        c = metrics["classification"]
+        entity = f", entity F1 {c['entity']['f1']:.3f}" if "entity" in c else ""
+        lines.append(
+            f"classification ({c['task']}): accuracy {c['accuracy']:.3f}, macro F1 "
+            f"{c['macro_f1']:.3f}, micro F1 {c['micro_f1']:.3f}{entity} ({c['total']})"
         )
     for task, values in metrics.get("harness", {}).items():
         shown = ", ".join(

@@ -299,8 +299,9 @@ def start_from_adapter(cfg: TrainRecipe, run_dir: Path, strategy: Strategy) -> T
 
 # Keys that change logging, checkpointing or placement but not the weights a run produces.
 # distributed/launcher only decide which process computes which micro-batch of a step: every
-# strategy computes the same gradient of the same global batch, up to float summation order.
-_NOT_TRAJECTORY = {"output_dir", "force", "track", "distributed", "launcher"}
+# strategy computes the same gradient of the same global batch, up to float summation order;
+# eval (files evaluated before and after training, gates) only reads the model.
+_NOT_TRAJECTORY = {"output_dir", "force", "track", "distributed", "launcher", "eval"}
 _NOT_TRAJECTORY_DATA = {"cache", "cache_dir", "cache_shard_tokens"}  # same units either way
 _NOT_TRAJECTORY_TRAIN = {
     "log_every",
