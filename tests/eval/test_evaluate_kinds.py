@@ -197,3 +197,28 @@ def test_robustness_and_error_analysis_in_one_evaluation(model_dir, tmp_path) ->
         assert metrics["error_analysis"][kind]["errors"] == wrong
         assert "per_class" in summary
     assert (out / "errors" / "multiple_choice" / "confusion.png").is_file()  # odd/even labels
+
+
+def test_shard_folders_get_distinct_item_ids_and_runs_compare(model_dir, tmp_path, capsys):
+    """A prepared split is a folder of part-* shards whose line numbers restart per shard: every
+    document still gets its own id, so two evaluate runs pair up in ``compare``."""
+    folder = tmp_path / "validation"
+    folder.mkdir()
+    for shard in range(2):
+        _write(
+            folder / f"part-0000{shard}.jsonl",
+            [{"text": f"shard {shard} line {i}"} for i in range(3)],
+        )
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["evaluate", f"model.path={model_dir}", f"perplexity.files=[{folder}]",
+                     f"output_dir={out}"]) == 0  # fmt: skip
+        runs.append(out)
+    ids = [i["id"] for i in _jsonl(runs[0] / "items.jsonl")]
+    assert sorted(ids) == sorted(f"part-0000{s}.jsonl:{n}" for s in range(2) for n in (1, 2, 3))
+    capsys.readouterr()
+    assert main(["evaluate", "compare", str(runs[0]), str(runs[1]), "--output",
+                 str(tmp_path / "cmp"), "--resamples", "200"]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert result["verdict"] == "no significant difference"  # the same model twice

@@ -386,6 +386,11 @@ class HarnessConfig(Group):
     limit: int | None = Field(None, gt=0, description="items per task at most")
     max_length: int = Field(2048, gt=1, description="context the model reads at most")
     batch_size: int = Field(8, gt=0, description="requests scored together (speed only)")
+    chat: bool = Field(
+        False,
+        description="render each task prompt as a user turn through the model's chat template "
+        "(lm-eval's apply_chat_template); false: raw text, lm-eval's default",
+    )
 
 
 class RobustnessConfig(Group):

@@ -77,6 +77,9 @@ RATIOS: dict[str, tuple[str, str]] = {"nll": ("tokens", "nll_per_token")}
 # counts and indices, not scores (a multiple-choice "answer" / "prediction" is a choice index)
 NOT_METRICS = {"id", "source_line", "line", "tokens", "words", "bytes", "new_tokens", "doc_id"}
 NOT_METRICS |= {"answer", "prediction", "label", "gold", "target", "index"}
+# robustness rows: whether the perturbation changed the prompt (the same in both runs) and the
+# clean score (the exact_match/multiple_choice rows' own); their metric is ``correct``
+NOT_METRICS |= {"changed", "clean"}
 VERDICTS = ("promote B", "keep A", "no significant difference")
 
 

@@ -151,6 +151,7 @@ def run_tasks(model, tokenizer, cfg, folder: Path) -> tuple[dict, list[dict], di
         task_manager=manager,
         num_fewshot=cfg.num_fewshot,
         limit=cfg.limit,
+        apply_chat_template=cfg.chat,
         log_samples=True,
         bootstrap_iters=1000,
     )

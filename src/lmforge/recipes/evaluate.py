@@ -38,12 +38,14 @@ from lmforge.recipes.generate import (
     model_inputs,
     prompt_input,
     read_prompts,
+    row_id,
 )
 from lmforge.serve.generate import encode_prompts, generate
 
 
-def read_documents(path: Path, text_field: str, rejects: Rejects) -> list[tuple[int, str]]:
-    """(line, text) per document: a text file is one document, a JSON row is one document."""
+def read_documents(path: Path, text_field: str, rejects: Rejects) -> list[tuple]:
+    """(item id, source file, line, text) per document: a text file is one document, a JSON
+    row is one (its own ``id``, else ``shard:line`` of the file it was read from)."""
     if path.suffix.lower() in TEXT_SUFFIXES:
         try:
             text = path.read_text(encoding="utf-8")
@@ -53,13 +55,15 @@ def read_documents(path: Path, text_field: str, rejects: Rejects) -> list[tuple[
         if not text.strip():
             rejects.add(str(path), 1, "empty text")
             return []
-        return [(1, text)]
+        return [(f"{path.name}:1", str(path), 1, text)]
     docs = []
     for record in iter_records([path], rejects):
         try:
-            docs.append((record.line, to_text(record.row, text_field)))
+            text = to_text(record.row, text_field)
         except RowError as exc:
             rejects.add_record(record, str(exc))
+            continue
+        docs.append((row_id(record), record.source, record.line, text))
     return docs
 
 
@@ -76,16 +80,16 @@ def evaluate_perplexity(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects)
     total, per_file, items = PerplexityResult(), {}, []
     for path in check_files(pcfg.files, "perplexity file"):
         docs = read_documents(path, pcfg.text_field, rejects)
-        texts = [text for _, text in docs]
+        texts = [text for *_, text in docs]
         result = perplexity(model, tokenizer, texts, pcfg.window, pcfg.stride, pcfg.batch_size)
         per_file[str(path)] = result.summary()
         total = total.merge(result)
-        for (line, text), (nll, tokens) in zip(docs, result.per_text, strict=True):
+        for (item_id, source, line, text), (nll, tokens) in zip(docs, result.per_text, strict=True):
             items.append(
                 {
                     "eval": "perplexity",
-                    "id": f"{path.name}:{line}",
-                    "source": str(path),
+                    "id": item_id,
+                    "source": source,
                     "source_line": line,
                     "nll": nll,
                     "tokens": tokens,
@@ -187,7 +191,10 @@ def reference_metrics(
     corpus, per_item = {}, {}
     if "bleu" in names:
         out = text_metrics.bleu(predictions, references)
-        corpus.update(bleu=out["bleu"], bleu_tokenize=out["tokenize"])
+        # corpus BLEU is 0 when no answer has four tokens; the mean sentence BLEU (smoothed,
+        # effective order) is what per-item comparisons use
+        mean = sum(out["per_item"]) / len(out["per_item"])
+        corpus.update(bleu=out["bleu"], bleu_sentence=mean, bleu_tokenize=out["tokenize"])
         per_item["bleu"] = out["per_item"]
     if "chrf" in names:
         out = text_metrics.chrf(predictions, references)
@@ -463,8 +470,8 @@ def format_metrics(metrics: dict) -> str:
     if "exact_match" in metrics:
         e = metrics["exact_match"]
         more = "".join(
-            f", {k} {e[k]:.2f}" if k in ("bleu", "chrf") else f", {k} {e[k]:.3f}"
-            for k in ("bleu", "chrf", *text_metrics.ROUGE_TYPES)
+            f", {k} {e[k]:.2f}" if k in ("bleu", "bleu_sentence", "chrf") else f", {k} {e[k]:.3f}"
+            for k in ("bleu", "bleu_sentence", "chrf", *text_metrics.ROUGE_TYPES)
             if k in e
         )
         lines.append(f"exact match: {e['accuracy']:.3f} ({e['correct']}/{e['total']}){more}")

@@ -57,18 +57,15 @@ def read_prompts(files: list[str], rejects: Rejects) -> list[Prompt]:
             rejects.add_record(record, str(exc))
             continue
         prompts.append(
-            Prompt(_row_id(record), record.source, record.line, messages, reference, record.row)
+            Prompt(row_id(record), record.source, record.line, messages, reference, record.row)
         )
     return prompts
 
 
-def _row_id(record: Record) -> str:
-    row_id = record.row.get("id") if isinstance(record.row, dict) else None
-    return (
-        str(row_id)
-        if isinstance(row_id, str | int)
-        else f"{Path(record.source).name}:{record.line}"
-    )
+def row_id(record: Record) -> str:
+    """A row's own ``id``, else ``file:line`` of the file (the shard) it was read from."""
+    own = record.row.get("id") if isinstance(record.row, dict) else None
+    return str(own) if isinstance(own, str | int) else f"{Path(record.source).name}:{record.line}"
 
 
 def prompt_input(prompt: Prompt, chat: bool) -> list[dict] | str:
