@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 from lmforge.artifacts import Run, atomic_write_json, atomic_write_text, recorded
@@ -29,11 +28,12 @@ from lmforge.config.recipes import EvaluateRecipe
 from lmforge.data.readers import TEXT_SUFFIXES, Rejects, check_files, iter_records
 from lmforge.data.schema import RowError, to_text
 from lmforge.errors import ConfigError, DataError
-from lmforge.eval import classify, error_analysis, multiple_choice, robustness, text_metrics
+from lmforge.eval import classify, multiple_choice, text_metrics
 from lmforge.eval.efficiency import Efficiency, format_efficiency
 from lmforge.eval.exact_match import exact_match
 from lmforge.eval.perplexity import PerplexityResult, count_words, perplexity
 from lmforge.models.load import load_for_inference, resolve_device
+from lmforge.recipes.evaluate_analysis import analyse_errors, evaluate_robustness
 from lmforge.recipes.generate import (
     model_inputs,
     prompt_input,
@@ -107,6 +107,11 @@ def evaluate_perplexity(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects)
     return {**total.summary(), "files": per_file}, items, counts, None
 
 
+def _counts(read: int, used: int, rejected: int) -> dict:
+    """read = used + rejected + skipped (rows beyond ``max_examples``)."""
+    return {"read": read, "used": used, "rejected": rejected, "skipped": read - used - rejected}
+
+
 def evaluate_exact_match(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects):
     """(metrics, items, counts) for ``cfg.exact_match.files``."""
     ecfg, gen = cfg.exact_match, cfg.generation
@@ -135,14 +140,7 @@ def evaluate_exact_match(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects
     if not questions:
         raise DataError(f"no usable questions in exact_match.files {ecfg.files}")
     metrics, items = answer_questions(cfg, model, tokenizer, questions)
-    # read = used + rejected + skipped (beyond exact_match.max_examples)
-    counts = {
-        "read": read,
-        "used": len(questions),
-        "rejected": len(rejects) - before,
-        "skipped": read - len(questions) - (len(rejects) - before),
-    }
-    return metrics, items, counts, questions
+    return metrics, items, _counts(read, len(questions), len(rejects) - before), questions
 
 
 def answer_questions(cfg: EvaluateRecipe, model, tokenizer, questions: list) -> tuple:
@@ -223,14 +221,7 @@ def evaluate_multiple_choice(cfg: EvaluateRecipe, model, tokenizer, rejects: Rej
     metrics, items = multiple_choice.evaluate_rows(
         model, tokenizer, rows, mcfg.template, mcfg.delimiter, mcfg.max_length, mcfg.batch_size
     )
-    rejected = len(rejects) - before
-    counts = {
-        "read": read,
-        "used": len(rows),
-        "rejected": rejected,
-        "skipped": read - len(rows) - rejected,
-    }
-    return metrics, items, counts, rows
+    return metrics, items, _counts(read, len(rows), len(rejects) - before), rows
 
 
 def evaluate_classification(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects):
@@ -252,14 +243,7 @@ def evaluate_classification(cfg: EvaluateRecipe, model, tokenizer, rejects: Reje
     metrics, items = classify.evaluate_rows(
         model, tokenizer, rows, task, names, ccfg.max_length, ccfg.batch_size
     )
-    rejected = len(rejects) - before
-    counts = {
-        "read": read,
-        "used": len(rows),
-        "rejected": rejected,
-        "skipped": read - len(rows) - rejected,
-    }
-    return metrics, items, counts, None
+    return metrics, items, _counts(read, len(rows), len(rejects) - before), None
 
 
 def evaluate_harness(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects, folder: Path):
@@ -267,104 +251,6 @@ def evaluate_harness(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects, fo
     from lmforge.eval.harness import run_tasks
 
     return (*run_tasks(model, tokenizer, cfg.harness, folder), None)
-
-
-def evaluate_robustness(cfg: EvaluateRecipe, model, tokenizer, inputs: dict) -> tuple:
-    """(metrics, items): ``robustness.perturbations`` applied to the exact-match questions
-    (their last user message) and the multiple-choice questions, each perturbed prompt
-    answered again; per kind and perturbation the accuracy drop (``eval.robustness``)."""
-    rcfg, metrics, items = cfg.robustness, {}, []
-    suites = {}
-    if inputs.get("exact_match"):
-        questions = {p.id: (p, q) for p, q in inputs["exact_match"]}
-
-        def answer(texts: list[str], chosen: list[dict]) -> list[float]:
-            perturbed = []
-            for text, item in zip(texts, chosen, strict=True):
-                prompt = questions[item["id"]][0]
-                messages = [dict(m) for m in prompt.messages]
-                last = max(i for i, m in enumerate(messages) if m["role"] == "user")
-                messages[last]["content"] = text
-                changed = replace(prompt, messages=messages)
-                perturbed.append((changed, prompt_input(changed, cfg.generation.chat)))
-            _, scored = answer_questions(cfg, model, tokenizer, perturbed)
-            return [float(i["correct"]) for i in scored]
-
-        suites["exact_match"] = (
-            [_robust_item(p.id, p.text, p.reference, p.row) for p, _ in inputs["exact_match"]],
-            answer,
-        )
-    if inputs.get("multiple_choice"):
-        rows = dict(inputs["multiple_choice"])
-        mcfg = cfg.multiple_choice
-
-        def choose(texts: list[str], chosen: list[dict]) -> list[float]:
-            perturbed = [
-                (item["id"], {**rows[item["id"]], "question": text, "prompt": text})
-                for text, item in zip(texts, chosen, strict=True)
-            ]
-            args = (mcfg.template, mcfg.delimiter, mcfg.max_length, mcfg.batch_size)
-            _, scored = multiple_choice.evaluate_rows(model, tokenizer, perturbed, *args)
-            return [float(i["correct"]) for i in scored]
-
-        suites["multiple_choice"] = (
-            [
-                _robust_item(i, multiple_choice.parse_row(r)[0], r.get("answer"), r)
-                for i, r in inputs["multiple_choice"]
-            ],
-            choose,
-        )
-    if not suites:
-        raise ConfigError(
-            "robustness.perturbations perturbs exact_match or multiple_choice questions: "
-            "set exact_match.files or multiple_choice.files"
-        )
-    for kind, (robust_items, score) in suites.items():
-        report = robustness.robustness_report(
-            robust_items, score, rcfg.perturbations, rcfg.rate, rcfg.seed
-        )
-        metrics[kind] = {
-            "clean_accuracy": report["clean_accuracy"],
-            **{
-                name: {k: v for k, v in result.items() if k != "rows"}
-                for name, result in report["perturbations"].items()
-            },
-        }
-        for name, result in report["perturbations"].items():
-            for row in result["rows"]:
-                items.append(
-                    {
-                        "eval": f"robustness:{kind}:{name}",
-                        "id": row["id"],
-                        "prompt": row["prompt"],
-                        "changed": row["changed"],
-                        "clean": row["clean_score"],
-                        "correct": row["perturbed_score"],
-                    }
-                )
-    return metrics, items
-
-
-def _robust_item(item_id: str, prompt: str, reference, row) -> dict:
-    lang = row.get("lang") if isinstance(row, dict) else None
-    return {"id": item_id, "prompt": prompt, "reference": reference, "lang": lang}
-
-
-def analyse_errors(items: list[dict], folder: Path) -> dict:
-    """Error analysis (``eval.error_analysis``) of the exact-match and multiple-choice items,
-    one folder per kind: per-class errors, a confusion PNG, clusters of the wrong answers."""
-    out = {}
-    for kind in ("exact_match", "multiple_choice", "classification"):
-        chosen = [i for i in items if i["eval"] == kind]
-        if chosen:
-            summary = error_analysis.error_report(chosen, folder / kind)
-            out[kind] = {
-                "folder": str(folder / kind),
-                "errors": sum(not i["correct"] for i in chosen),
-                "clusters": len((summary.get("clusters") or {}).get("clusters", [])),
-                "notes": summary.get("notes", []),
-            }
-    return out
 
 
 def evaluate_model(cfg, model, tokenizer, rejects: Rejects) -> dict:
@@ -435,7 +321,7 @@ def run(cfg: EvaluateRecipe) -> Run:
         if cfg.robustness.perturbations:
             with meter.timed("robustness"):
                 run.metrics["robustness"], new_items = evaluate_robustness(
-                    cfg, model, tokenizer, inputs
+                    cfg, model, tokenizer, inputs, answer_questions
                 )
             items.extend(new_items)
         if cfg.error_analysis:
