@@ -42,6 +42,11 @@ def test_small_demo_runs_and_traces_back_to_data(tmp_path, capsys):
     ):
         assert 0.0 <= figures[key] <= 1.0
     assert "then DPO" in report["text"]
+    # the promotion rule decided between the SFT and the DPO model, from their evaluations
+    assert figures["promotion_verdict"] in ("promote B", "keep A", "no significant difference")
+    assert f"**{figures['promotion_verdict']}**" in report["text"]
+    compared = lineage(out / "compare-sft-dpo")
+    assert {"evaluate", "dpo"} <= {n["stage"] for n in compared if n["kind"] == "run"}
 
     # the aligned model traces back through the DPO run, the pairs and SFT to the raw data
     dpo_nodes = lineage(out / "dpo" / "model")

@@ -11,7 +11,8 @@
 6. merge the adapter into a plain Hugging Face model and evaluate that;
 7. align the fine-tuned model with DPO on preference pairs built from the training tasks (the
    correct answer chosen, a wrong one rejected; ``lmforge.data.synthetic_pairs``), starting from
-   the SFT adapter, and evaluate again; 8. print a report.
+   the SFT adapter, and evaluate again; 8. apply the promotion rule to the SFT and DPO models
+   (``evaluate compare``) and print a report.
 
 Each step is an ordinary recipe run with its own manifest, so ``lmforge lineage
 demo-run/merged/model`` walks from the served model back to the generated data files.
@@ -228,6 +229,7 @@ def run(cfg: DemoRecipe) -> Run:
         print("lmforge demo: 7/8 aligning with DPO on preference pairs (correct answer chosen)")
         dpo = align(out, files, sft, cfg)
         aligned = _evaluate("dpo", out, [f"model.path={dpo.dir}"], files)
+        promotion = promote(out)
 
         report = build_report(
             out,
@@ -237,7 +239,7 @@ def run(cfg: DemoRecipe) -> Run:
             sft,
             merged,
             (before_pt, before, after),
-            (dpo, aligned),
+            (dpo, aligned, promotion),
             time.time() - started,
         )
         demo.metrics.update(report["figures"])
@@ -246,6 +248,16 @@ def run(cfg: DemoRecipe) -> Run:
     print("lmforge demo: 8/8 report\n")
     print(report["text"])
     return demo
+
+
+def promote(out: Path) -> dict:
+    """The promotion rule on the SFT and DPO evaluations (``lmforge evaluate compare``): is the
+    DPO model significantly better on every metric (exact match, perplexity)?"""
+    from lmforge.eval import compare
+
+    folder = out / "compare-sft-dpo"
+    compare.main([str(out / "eval-merged"), str(out / "eval-dpo"), "--output", str(folder)])
+    return json.loads((folder / "compare.json").read_text(encoding="utf-8"))
 
 
 def preference_pairs(out: Path, files: dict[str, Path], seed: int) -> dict[str, Path]:
@@ -300,6 +312,18 @@ def align(out: Path, files: dict[str, Path], sft: Run, cfg: DemoRecipe) -> Run:
     )
 
 
+def promotion_rows(result: dict) -> str:
+    significant = {"A": "SFT better", "B": "DPO better", None: "no"}
+    rows = []
+    for m in result["metrics"]:
+        low, high = m["ci"]
+        rows.append(
+            f"| {m['name']} ({m['direction']} is better) | {m['mean_a']:.4g} | {m['mean_b']:.4g} | "
+            f"{m['diff']:+.4g} [{low:+.4g}, {high:+.4g}] | {significant[m['significant']]} |"
+        )
+    return "\n".join(rows)
+
+
 def curation_table(data_dir: Path) -> str:
     """What each ``prepare`` block did to the demo's raw data (from the runs' stats.json)."""
     lines = ["What lmforge prepare did to the raw data (dropped documents: exclusions/):", ""]
@@ -323,7 +347,7 @@ def curation_table(data_dir: Path) -> str:
 
 def build_report(out, files, tok_run, pt, sft, merged, evals, alignment, seconds) -> dict:
     before_pt, before, after = evals
-    dpo, aligned = alignment
+    dpo, aligned, promotion = alignment
     start = dpo.metrics  # start_eval_*: the held-out pairs under the SFT model (step 0)
 
     def ppl(m):
@@ -346,6 +370,7 @@ def build_report(out, files, tok_run, pt, sft, merged, evals, alignment, seconds
         "dpo_pair_accuracy_after": dpo.metrics["eval_logp_accuracy"],
         "dpo_logp_margin_before": start["start_eval_logp_margin"],
         "dpo_logp_margin_after": dpo.metrics["eval_logp_margin"],
+        "promotion_verdict": promotion["verdict"],
         "seconds": round(seconds, 1),
     }
     before_tasks = before["exact_match"].get("by_task", {})
@@ -390,6 +415,15 @@ rejected), before its first step (the SFT model) and after {dpo.config["train"][
 | --- | --- | --- |
 {dpo_rows}
 
+Promote the DPO model over the SFT one? `lmforge evaluate compare` (paired bootstrap over the
+same test items; promote only when better on every metric with 95% confidence):
+
+| metric | SFT | DPO | DPO - SFT, 95% CI | significant |
+| --- | --- | --- | --- | --- |
+{promotion_rows(promotion)}
+
+Verdict (A = SFT, B = DPO): **{promotion["verdict"]}** ({promotion["reason"]}).
+
 {curation_table(out / "data")}
 
 Artifacts:
@@ -399,7 +433,7 @@ Artifacts:
 - LoRA adapter: {sft.dir / "model"}
 - merged model: {merged.dir / "model"}  (plain Hugging Face folder)
 - DPO adapter: {dpo.dir / "model"} (on {dpo.dir / "start"}, the SFT adapter merged)
-- evaluations: {out}/eval-*/ (metrics.json, items.jsonl)
+- evaluations: {out}/eval-*/ (metrics.json, items.jsonl); SFT vs DPO: {out}/compare-sft-dpo/
 
 Trace the merged model back to the generated data: lmforge lineage {merged.dir / "model"}
 """
