@@ -51,7 +51,8 @@ def test_shipped_tasks_are_the_generator_rows_in_both_languages(tmp_path) -> Non
     assert {r["answer"] for r in rows} == {0, 1}
 
 
-def test_multiple_choice_equals_lm_eval_on_the_same_items(model_dir, tmp_path) -> None:
+@pytest.mark.parametrize("chat", [False, True], ids=["raw", "chat-template"])
+def test_multiple_choice_equals_lm_eval_on_the_same_items(model_dir, tmp_path, chat) -> None:
     shipped = write_tasks(tmp_path / "data")
     names = ["lmforge_parity_en", "lmforge_sentiment_zh"]
     out = tmp_path / "eval"
@@ -61,6 +62,8 @@ def test_multiple_choice_equals_lm_eval_on_the_same_items(model_dir, tmp_path) -
             f"model.path={model_dir}",
             f"multiple_choice.files=[{','.join(str(shipped / f'{n}.jsonl') for n in names)}]",
             f"harness.tasks=[{','.join(names)}]",
+            f"multiple_choice.chat={str(chat).lower()}",
+            f"harness.chat={str(chat).lower()}",
             f"output_dir={out}",
         ]
     )
@@ -82,6 +85,8 @@ def test_multiple_choice_equals_lm_eval_on_the_same_items(model_dir, tmp_path) -
         assert metrics["harness"][name]["acc,none"] == pytest.approx(acc)
     # a far-from-uniform random model still prefers some choices over others, item by item
     assert 0 < metrics["multiple_choice"]["acc"] < 1
+    if chat:  # the prompt went through the chat template (ChatML)
+        assert all("<|im_start|>assistant" in m["prompt"] for m in ours.values())
     # the task folder lm-eval read is kept with the run, for lm_eval --include_path
     assert (out / "harness_tasks" / "lmforge_parity_en.yaml").is_file()
     eff = metrics["efficiency"]

@@ -343,6 +343,11 @@ class MultipleChoiceConfig(Group):
         "Question: {question}\nAnswer:", description="the prompt, {question} filled in"
     )
     delimiter: str = Field(" ", description="text between the prompt and each choice")
+    chat: bool = Field(
+        False,
+        description="the filled template as a user turn through the chat template (choices "
+        "follow the assistant turn's start, no delimiter), as lm-eval's apply_chat_template",
+    )
     max_length: int = Field(2048, gt=1, description="tokens the model reads per choice at most")
     batch_size: int = Field(8, gt=0, description="choices scored together (speed only)")
     max_examples: int | None = Field(None, gt=0, description="score at most this many")

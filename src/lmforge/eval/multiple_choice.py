@@ -19,8 +19,6 @@ from lmforge.data.readers import Rejects, iter_records
 from lmforge.data.schema import RowError
 from lmforge.eval.likelihood import loglikelihoods
 
-DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
-
 
 def parse_row(row: dict) -> tuple[str, list[str], int]:
     """``(question, choices, index of the answer)``; :class:`RowError` says what is wrong."""
@@ -48,25 +46,32 @@ def parse_row(row: dict) -> tuple[str, list[str], int]:
     return question, choices, answer
 
 
-def evaluate_rows(
-    model,
-    tokenizer,
-    rows: list[tuple[str, dict]],
-    template: str = DEFAULT_TEMPLATE,
-    delimiter: str = " ",
-    max_length: int = 2048,
-    batch_size: int = 8,
-) -> tuple[dict, list[dict]]:
-    """``(metrics, items)`` for ``(item id, row)`` pairs already checked by :func:`parse_row`."""
+def prompt_of(question: str, cfg, tokenizer) -> str:
+    """The context a question's choices continue: ``cfg.template`` filled in, or with
+    ``cfg.chat`` that text as a user turn through the chat template, generation prompt added."""
+    text = cfg.template.format(question=question)
+    if not cfg.chat:
+        return text
+    turn = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+
+
+def evaluate_rows(model, tokenizer, rows: list[tuple[str, dict]], cfg) -> tuple[dict, list]:
+    """``(metrics, items)`` for ``(item id, row)`` pairs already checked by :func:`parse_row`;
+    ``cfg``: ``template``, ``delimiter``, ``chat``, ``max_length``, ``batch_size``
+    (``config.groups.MultipleChoiceConfig``). Under ``chat`` the choices follow the assistant
+    turn's start with no delimiter, as lm-eval's ``apply_chat_template`` does."""
     parsed = [(item_id, row, *parse_row(row)) for item_id, row in rows]
+    delimiter = "" if cfg.chat else cfg.delimiter
+    prompts = [prompt_of(question, cfg, tokenizer) for _, _, question, _, _ in parsed]
     requests = [
-        (template.format(question=question), delimiter + choice)
-        for _, _, question, choices, _ in parsed
+        (prompt, delimiter + choice)
+        for prompt, (_, _, _, choices, _) in zip(prompts, parsed, strict=True)
         for choice in choices
     ]
-    scores = iter(loglikelihoods(model, tokenizer, requests, max_length, batch_size))
+    scores = iter(loglikelihoods(model, tokenizer, requests, cfg.max_length, cfg.batch_size))
     items, by_task = [], defaultdict(list)
-    for item_id, row, question, choices, answer in parsed:
+    for prompt, (item_id, row, _, choices, answer) in zip(prompts, parsed, strict=True):
         lls = [next(scores)[0] for _ in choices]
         pred = max(range(len(choices)), key=lls.__getitem__)
         normed = [ll / len(c) for ll, c in zip(lls, choices, strict=True)]
@@ -75,7 +80,7 @@ def evaluate_rows(
             "eval": "multiple_choice",
             "id": item_id,
             "task": row.get("task"),
-            "prompt": template.format(question=question),
+            "prompt": prompt,
             "choices": choices,
             "answer": answer,
             "reference": choices[answer],

@@ -218,9 +218,7 @@ def evaluate_multiple_choice(cfg: EvaluateRecipe, model, tokenizer, rejects: Rej
         rows = rows[: mcfg.max_examples]
     if not rows:
         raise DataError(f"no usable rows in multiple_choice.files {mcfg.files}")
-    metrics, items = multiple_choice.evaluate_rows(
-        model, tokenizer, rows, mcfg.template, mcfg.delimiter, mcfg.max_length, mcfg.batch_size
-    )
+    metrics, items = multiple_choice.evaluate_rows(model, tokenizer, rows, mcfg)
     return metrics, items, _counts(read, len(rows), len(rejects) - before), rows
 
 

@@ -51,8 +51,7 @@ def evaluate_robustness(
                 (item["id"], {**rows[item["id"]], "question": text, "prompt": text})
                 for text, item in zip(texts, chosen, strict=True)
             ]
-            args = (mcfg.template, mcfg.delimiter, mcfg.max_length, mcfg.batch_size)
-            _, scored = multiple_choice.evaluate_rows(model, tokenizer, perturbed, *args)
+            _, scored = multiple_choice.evaluate_rows(model, tokenizer, perturbed, mcfg)
             return [float(i["correct"]) for i in scored]
 
         suites["multiple_choice"] = (
