@@ -431,7 +431,8 @@ class TrainConfig(Group):
     max_grad_norm: float | None = Field(1.0, description="clip gradients to this norm; null: off")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="auto: fp32 on CPU (bf16 is ~100x slower without bf16 units), bf16 on GPU",
+        description="auto: fp32 on CPU (bf16 measured ~100x slower without bf16 units, ~1.8x "
+        "faster with AMX: see docs/benchmarks.md), bf16 on GPU",
     )
     shuffle: bool = Field(True, description="reshuffle the training examples every epoch")
     packing: bool = Field(
