@@ -30,7 +30,7 @@ RECIPES: dict[str, tuple[str, str]] = {
         "evaluate",
         "perplexity, generation (exact match, BLEU, ROUGE), multiple choice, lm-eval tasks",
     ),
-    "evaluate compare": ("", "evaluate compare A B: paired bootstrap, McNemar, promote verdict"),
+    "evaluate compare": ("", "RUN_A RUN_B: paired bootstrap, McNemar, the promotion verdict"),
     "export merge": ("export", "merge a LoRA, DoRA, IA3 or QLoRA adapter into a plain model"),
     "sweep": ("sweep", "search config keys with Optuna (TPE, pruning): results table, best.yaml"),
     "demo": ("demo", "the whole path on CPU: data, tokenizer, pretrain, LoRA, eval, merge"),
