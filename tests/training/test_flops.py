@@ -93,3 +93,25 @@ def test_matmul_peak_is_positive_and_finite():
 def test_matmul_peak_shrinks_instead_of_overrunning_a_tiny_budget():
     gflops = matmul_peak_gflops("cpu", n=2048, reps=50, seconds_budget=1e-6)
     assert gflops > 0 and math.isfinite(gflops)
+
+
+def test_bf16_hint_only_where_it_was_measured_faster(monkeypatch, capsys) -> None:
+    """precision=auto keeps fp32 on CPUs; on a big enough model the loop says when this CPU's
+    bf16 matmuls measured over 2x faster (AMX), and stays silent otherwise."""
+    import torch
+
+    from lmforge.config.training import TrainConfig
+    from lmforge.training import loop
+
+    big = torch.nn.Linear(3000, 2000)  # 6M parameters
+    small = torch.nn.Linear(10, 10)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "matmul_peak_gflops", lambda *a, **k: 2000.0)
+    loop._suggest_bf16(TrainConfig(), cpu, big, 300.0)
+    assert "6.7x as fast as fp32" in capsys.readouterr().out
+    for cfg, model in ((TrainConfig(precision="fp32"), big), (TrainConfig(), small)):
+        loop._suggest_bf16(cfg, cpu, model, 300.0)
+        assert capsys.readouterr().out == ""
+    monkeypatch.setattr(loop, "matmul_peak_gflops", lambda *a, **k: 3.0)  # no bf16 units
+    loop._suggest_bf16(TrainConfig(), cpu, big, 300.0)
+    assert capsys.readouterr().out == ""

@@ -156,6 +156,7 @@ def train_loop(
     peak = matmul_peak_gflops(device, dtype=autocast_dtype or torch.float32)
     if strategy.is_main:
         print(f"lmforge: measured matmul peak {peak:.1f} GFLOP/s per process (for MFU)")
+        _suggest_bf16(cfg, device, model, peak)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     per_step = cfg.batch_size * cfg.grad_accum * strategy.world_size  # units, all ranks together
     steps_per_epoch = math.ceil(len(train_units) / per_step)
@@ -352,6 +353,26 @@ def train_loop(
     if "train_loss" not in result and log.rows:
         result["train_loss"] = next((r["loss"] for r in reversed(log.rows) if "loss" in r), None)
     return result
+
+
+# below this many parameters the step is dominated by overheads, not matmuls: no hint
+BF16_HINT_PARAMS = 5_000_000
+
+
+def _suggest_bf16(cfg: TrainConfig, device: torch.device, model, fp32_peak: float) -> None:
+    """On a CPU where bf16 matmuls measure much faster than fp32 (AMX: 2,153 vs 308 GFLOP/s
+    measured, a small-llama step 1.8x faster; docs/benchmarks.md), say so: ``precision=auto``
+    keeps fp32 on CPUs, as most have no bf16 units and run it ~100x slower."""
+    if cfg.precision != "auto" or device.type != "cpu":
+        return
+    if sum(p.numel() for p in model.parameters()) < BF16_HINT_PARAMS:
+        return
+    bf16 = matmul_peak_gflops(device, dtype=torch.bfloat16, seconds_budget=0.25)
+    if bf16 > 2 * fp32_peak:
+        print(
+            f"lmforge: this CPU multiplies bf16 matrices {bf16 / fp32_peak:.1f}x as fast as fp32 "
+            f"({bf16:.0f} vs {fp32_peak:.0f} GFLOP/s): train.precision=bf16 may train faster"
+        )
 
 
 def _optimizer_step(
