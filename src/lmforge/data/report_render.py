@@ -61,7 +61,7 @@ def _figure(height: float):
     return plt.subplots(figsize=(7.0, height), dpi=100)
 
 
-def _save(fig, path: Path) -> str:
+def save_figure(fig, path: Path) -> str:
     import matplotlib.pyplot as plt
 
     with warnings.catch_warnings():
@@ -80,7 +80,7 @@ def _bar(counts: dict[str, int], title: str, path: Path) -> str:
     ax.xaxis.get_major_locator().set_params(integer=True)  # counts: no 0.5 ticks
     ax.set_title(title)
     ax.set_xlabel("documents")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _length_histogram(lengths: dict[str, array], path: Path) -> str:
@@ -99,7 +99,7 @@ def _length_histogram(lengths: dict[str, array], path: Path) -> str:
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title("document length, kept vs dropped")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- sections

@@ -21,7 +21,6 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -29,21 +28,19 @@ from lmforge.models.params import parameter_report
 
 
 def _producing_run(paths: list[str | None]) -> dict | None:
-    """The metrics of the ``lmforge train`` manifest beside or above a model folder."""
-    from lmforge.artifacts import MANIFEST, read_manifest
+    """The metrics of the ``lmforge train`` run that made a model folder (its manifest)."""
+    from lmforge.artifacts import find_manifest, read_manifest
 
     for path in paths:
-        if not path:
+        manifest = find_manifest(path) if path else None
+        if manifest is None:
             continue
-        folder = Path(path)
-        for candidate in (folder / MANIFEST, folder.parent / MANIFEST):
-            if candidate.is_file():
-                try:
-                    metrics = read_manifest(candidate).get("metrics", {})
-                except (OSError, ValueError):
-                    continue
-                if "params_trainable" in metrics:
-                    return metrics
+        try:
+            metrics = read_manifest(manifest).get("metrics", {})
+        except (OSError, ValueError):
+            continue
+        if "params_trainable" in metrics:
+            return metrics
     return None
 
 

@@ -172,7 +172,7 @@ def confusion_png(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lmforge.data.report_render import _save
+    from lmforge.data.report_render import save_figure
 
     if not names:
         raise ValueError("no classes to plot")
@@ -206,7 +206,7 @@ def confusion_png(
             for p in range(k):
                 colour = "white" if shares[y][p] > 0.5 else "black"
                 ax.text(p, y, str(matrix[g][p]), ha="center", va="center", color=colour)
-        _save(fig, path)
+        save_figure(fig, path)
     sidecar = None if covered else str(legend)
     return {"path": str(path), "font": font, "index_labels": not covered, "legend": sidecar}
 

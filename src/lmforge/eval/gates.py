@@ -73,7 +73,7 @@ class Gate:
 
     @property
     def uses_base(self) -> bool:
-        return "base" in self.text.split(self.op, 1)[1]
+        return self.pattern != 0  # every bound but a plain number
 
     def bound(self, base: float | None) -> float:
         return _BOUNDS[self.pattern][1](self.k, base)

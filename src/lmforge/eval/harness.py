@@ -39,6 +39,7 @@ from lmforge.eval.local_tasks import TASKS, write_tasks
 from lmforge.eval.perplexity import perplexity, prefix_token_id
 from lmforge.models.load import load_for_inference, resolve_device
 from lmforge.serve.generate import generate
+from lmforge.tokenizer.templates import render
 
 
 @register_model("lmforge")
@@ -85,9 +86,7 @@ class LmforgeLM(TemplateLM):
         return self.tokenizer(string, add_special_tokens=bool(add_special_tokens))["input_ids"]
 
     def apply_chat_template(self, chat_history: list[dict], add_generation_prompt=True) -> str:
-        return self.tokenizer.apply_chat_template(
-            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return render(self.tokenizer, chat_history, add_generation_prompt=add_generation_prompt)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list:
         pairs = [(context, continuation) for _, context, continuation in requests]

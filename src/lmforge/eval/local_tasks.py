@@ -2,10 +2,10 @@
 harness and for ``lmforge evaluate``'s own multiple choice, so both can be run fully offline and
 compared on the same items.
 
-The items come from the project's generator (``data.synthetic.make_tasks``, seed 2027, which the
-demo and the tests never train on) and are written, with one lm-eval task YAML each, into a
-folder (:func:`write_tasks`; ``lmforge evaluate`` writes it into its run as
-``harness_tasks/``). Pass that folder to lm-eval as ``--include_path`` to run the same tasks
+The items come from the project's generator (``data.synthetic.make_tasks``, seed 2027; the demo
+and the tests use other seeds, though in a task space this small single questions can recur)
+and are written, with one lm-eval task YAML each, into a folder (:func:`write_tasks`;
+``lmforge evaluate`` writes it into its run as ``harness_tasks/``). Pass that folder to lm-eval as ``--include_path`` to run the same tasks
 with any other model.
 
 | task | language | type | items |

@@ -18,6 +18,7 @@ from collections import defaultdict
 from lmforge.data.readers import Rejects, iter_records
 from lmforge.data.schema import RowError
 from lmforge.eval.likelihood import loglikelihoods
+from lmforge.tokenizer.templates import render
 
 
 def parse_row(row: dict) -> tuple[str, list[str], int]:
@@ -52,8 +53,7 @@ def prompt_of(question: str, cfg, tokenizer) -> str:
     text = cfg.template.format(question=question)
     if not cfg.chat:
         return text
-    turn = [{"role": "user", "content": text}]
-    return tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+    return render(tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True)
 
 
 def evaluate_rows(model, tokenizer, rows: list[tuple[str, dict]], cfg) -> tuple[dict, list]:

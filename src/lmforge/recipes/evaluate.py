@@ -251,29 +251,29 @@ def evaluate_harness(cfg: EvaluateRecipe, model, tokenizer, rejects: Rejects, fo
     return (*run_tasks(model, tokenizer, cfg.harness, folder), None)
 
 
+# the evaluation kinds that read files, in the order a run evaluates them
+FILE_KINDS = {
+    "perplexity": evaluate_perplexity,
+    "exact_match": evaluate_exact_match,
+    "multiple_choice": evaluate_multiple_choice,
+    "classification": evaluate_classification,
+}
+
+
+def file_kinds(cfg) -> list[str]:
+    """The file kinds ``cfg`` (an ``EvaluateRecipe`` or a training config's ``eval`` group,
+    which has no classification) has files for."""
+    return [k for k in FILE_KINDS if getattr(cfg, k, None) is not None and getattr(cfg, k).files]
+
+
 def evaluate_model(cfg, model, tokenizer, rejects: Rejects) -> dict:
-    """``{kind: metrics}`` of the perplexity, exact-match and multiple-choice evaluations that
-    ``cfg`` has files for (an ``EvaluateRecipe``, or a training config's ``eval`` group), on a
-    model already in memory (training gates: before and after training)."""
-    kinds = {
-        "perplexity": evaluate_perplexity,
-        "exact_match": evaluate_exact_match,
-        "multiple_choice": evaluate_multiple_choice,
-    }
-    return {
-        kind: evaluate(cfg, model, tokenizer, rejects)[0]
-        for kind, evaluate in kinds.items()
-        if getattr(cfg, kind).files
-    }
+    """``{kind: metrics}`` of every file kind ``cfg`` has files for, on a model already in
+    memory (training gates: before and after training)."""
+    return {kind: FILE_KINDS[kind](cfg, model, tokenizer, rejects)[0] for kind in file_kinds(cfg)}
 
 
 def run(cfg: EvaluateRecipe) -> Run:
-    files = [
-        *cfg.perplexity.files,
-        *cfg.exact_match.files,
-        *cfg.multiple_choice.files,
-        *cfg.classification.files,
-    ]
+    files = [f for kind in file_kinds(cfg) for f in getattr(cfg, kind).files]
     if not (files or cfg.harness.tasks):
         raise ConfigError(
             "nothing to evaluate: set perplexity.files, exact_match.files, "
@@ -286,10 +286,7 @@ def run(cfg: EvaluateRecipe) -> Run:
         cfg.output_dir,
         inputs={
             **model_inputs(cfg.model),
-            "perplexity_data": cfg.perplexity.files,
-            "exact_match_data": cfg.exact_match.files,
-            "multiple_choice_data": cfg.multiple_choice.files,
-            "classification_data": cfg.classification.files,
+            **{f"{kind}_data": getattr(cfg, kind).files for kind in FILE_KINDS},
         },
     )
     if not cfg.force and run.finished_before():
@@ -299,23 +296,15 @@ def run(cfg: EvaluateRecipe) -> Run:
         model, tokenizer = load_for_inference(cfg.model, resolve_device(cfg.device))
         rejects, items = Rejects(), []
         meter = Efficiency.start(model, cfg.model)
-        kinds = {
-            "perplexity": (cfg.perplexity.files, evaluate_perplexity),
-            "exact_match": (cfg.exact_match.files, evaluate_exact_match),
-            "multiple_choice": (cfg.multiple_choice.files, evaluate_multiple_choice),
-            "classification": (cfg.classification.files, evaluate_classification),
-            "harness": (
-                cfg.harness.tasks,
-                lambda *args: evaluate_harness(*args, folder=run.dir),
-            ),
-        }
+        kinds = {kind: FILE_KINDS[kind] for kind in file_kinds(cfg)}
+        if cfg.harness.tasks:
+            kinds["harness"] = lambda *args: evaluate_harness(*args, folder=run.dir)
         inputs = {}  # what robustness perturbs: the exact-match and multiple-choice questions
-        for name, (wanted, evaluate) in kinds.items():
-            if wanted:
-                with meter.timed(name):
-                    metrics, new_items, counts, used = evaluate(cfg, model, tokenizer, rejects)
-                run.metrics[name], run.counts[name], inputs[name] = metrics, counts, used
-                items.extend(new_items)
+        for name, evaluate in kinds.items():
+            with meter.timed(name):
+                metrics, new_items, counts, used = evaluate(cfg, model, tokenizer, rejects)
+            run.metrics[name], run.counts[name], inputs[name] = metrics, counts, used
+            items.extend(new_items)
         if cfg.robustness.perturbations:
             with meter.timed("robustness"):
                 run.metrics["robustness"], new_items = evaluate_robustness(

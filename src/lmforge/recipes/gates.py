@@ -11,6 +11,7 @@ import torch
 from lmforge.data.readers import Rejects, check_files
 from lmforge.errors import ConfigError, RunFailed
 from lmforge.eval.gates import EVALUATION, check_gates, describe_failures, gate_metrics, parse_gates
+from lmforge.recipes.evaluate import evaluate_model, file_kinds
 
 EVAL_REJECTS = "eval_rejects.jsonl"
 
@@ -19,8 +20,7 @@ class Gating:
     def __init__(self, cfg, strategy):
         self.cfg = cfg.eval
         self.gates = parse_gates(cfg.eval.gates, cfg.eval)
-        self.evaluates = [k for k in ("perplexity", "exact_match", "multiple_choice")
-                          if getattr(self.cfg, k).files]  # fmt: skip
+        self.evaluates = file_kinds(self.cfg)
         check_files([f for k in self.evaluates for f in getattr(self.cfg, k).files], "eval file")
         if self.evaluates and strategy.world_size > 1:
             raise ConfigError(
@@ -36,8 +36,6 @@ class Gating:
         return any(g.uses_base and g.metric not in EVALUATION for g in self.gates)
 
     def _evaluate(self, model, tokenizer) -> dict:
-        from lmforge.recipes.evaluate import evaluate_model
-
         if not self.evaluates:
             return {}
         with torch.no_grad():

@@ -50,6 +50,7 @@ from lmforge.models.load import (
     save_pretrained,
 )
 from lmforge.models.params import format_report, parameter_report
+from lmforge.recipes.evaluate import file_kinds
 from lmforge.recipes.gates import Gating
 from lmforge.tokenizer.templates import apply_template, check_eos_template, fit_model_to_template
 from lmforge.training.continual import add_replay, continual_inputs, with_ewc
@@ -70,11 +71,8 @@ def _inputs(cfg: TrainRecipe) -> dict:
     if cfg.model.tokenizer:
         inputs["tokenizer"] = str(resolve_dir(cfg.model.tokenizer, "tokenizer"))
     inputs.update(continual_inputs(cfg.continual))  # previous task's data, replay, Fisher
-    evaluated = [
-        str(split_selector(f)[0])
-        for kind in ("perplexity", "exact_match", "multiple_choice")
-        for f in getattr(cfg.eval, kind).files
-    ]
+    ev = cfg.eval
+    evaluated = [str(split_selector(f)[0]) for k in file_kinds(ev) for f in getattr(ev, k).files]
     if evaluated:  # eval before/after training (eval.gates)
         inputs["eval_data"] = evaluated
     return inputs

@@ -37,7 +37,7 @@ loss trains the head alone: on the tiny parity task with a reward model's scores
 value loss ~40), letting it reach the shared backbone (``shared``, as TRL's
 ``AutoModelForCausalLMWithValueHead`` and LLaMA-Factory's PPO do) swamped the policy gradient:
 the policy's entropy rose from 0.3 to 6 nats and the summed KL to 27 in 60 steps, where the
-detached head kept it at 1.8 while the score rose 3.5 -> 8.5 (docs/alignment.md).
+detached head kept it at most 2.2 while the score rose 3.5 -> 8.5 (docs/alignment.md).
 
 Logged per window and per evaluation: ``reward`` (the score), ``kl`` (summed ``old - ref`` per
 answer), ``kl_coef``, ``entropy`` (per token), ``value`` and ``return`` (means), ``value_loss``,
@@ -254,8 +254,8 @@ class PPOLoss(Tallied):
         device = next(self.model.parameters()).device
         head = self.hf.get_output_embeddings()
         columns: list[list[torch.Tensor]] = [[], [], [], []]
-        step = max(1, getattr(self, "batch_size", 8))
-        with eval_mode(self.model), precision(device, getattr(self, "autocast_dtype", None)):
+        step = self.batch_size
+        with eval_mode(self.model), precision(device, self.autocast_dtype):
             for start in range(0, len(pieces), step):
                 batch = self.layout.batch([[p] for p in pieces[start : start + step]])
                 args, attention = batch_tensors(batch, device)

@@ -63,6 +63,7 @@ class Objective(torch.nn.Module):
         self._hf = [hf_model(model)]  # a list: not registered as a second copy of the submodule
         # (units, step) -> units: targets drawn per step (masked LM); None: units as they are
         self.preparer = None
+        self.layout, self.autocast_dtype, self.batch_size = None, None, 8  # see bind
 
     @property
     def hf(self) -> torch.nn.Module:
